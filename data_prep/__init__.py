@@ -1,0 +1,1 @@
+"""Record-side stages: fetch -> segment -> split -> spectrogram. Never imports torch."""

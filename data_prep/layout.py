@@ -1,0 +1,90 @@
+"""On-disk formats shared by the stages: atomic writes, index tables and array shards.
+
+Images and signals are stored as one `.npy` shard per record plus one `index.csv` per stage
+folder (DVC is slow on many small files). Record names are always strings ("100", "A00001").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+INDEX = "index.csv"
+META = "meta.json"
+SUMMARY = "summary.json"
+SHARDS = "shards"
+INDEX_DTYPES = {"record": str, "label": str, "symbol": str}
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path`, moved onto it only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        Path(tmp).replace(path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run the stage that writes it (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def write_index(path: Path, index: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        index.to_csv(tmp, index=False)
+
+
+def read_index(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run the stage that writes it (dvc repro)")
+    return pd.read_csv(path, dtype=INDEX_DTYPES, keep_default_na=False)
+
+
+def shard_path(folder: Path, record: str) -> Path:
+    return folder / SHARDS / f"{record}.npy"
+
+
+def save_shard(folder: Path, record: str, array: np.ndarray) -> Path:
+    """Writes one record's array shard atomically and returns its path."""
+    path = shard_path(folder, record)
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        np.save(fh, array)
+    return path
+
+
+def load_shard(folder: Path, record: str, mmap: bool = True) -> np.ndarray:
+    path = shard_path(folder, record)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: shard of record {record} missing; re-run the stage")
+    return np.load(path, mmap_mode="r" if mmap else None)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
