@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -21,13 +21,19 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class DatasetParams(StrictModel):
+    """The shared `dataset` section: which PhysioNet database every stage works on."""
+
+    name: str = Field(min_length=1)
+
+
 T = TypeVar("T", bound=StrictModel)
 
 
 def read_yaml(path: Path) -> dict:
     """Reads a YAML mapping, with an error that names the file."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; run from the repository root or pass --params")
+        raise FileNotFoundError(f"{path}: no such file; run from the repo root or pass --params")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
@@ -37,7 +43,7 @@ def read_yaml(path: Path) -> dict:
 def parse_section(data: dict, section: str, model: type[T], source: str = "params") -> T:
     """Validates `data[section]` against `model`."""
     if section not in data:
-        raise ValueError(f"{source}: missing section '{section}'; see params.yaml in the repository")
+        raise ValueError(f"{source}: missing section '{section}'; see the repository's params.yaml")
     try:
         return model.model_validate(data[section] or {})
     except ValidationError as err:

@@ -1,0 +1,288 @@
+"""Stage `split`: assigns every record, whole subjects at a time, to train, val or test.
+
+Reads `dataset.name` and the `split:` section of params.yaml, `<segments>/index.csv` (one row
+per segment: record, row, sample, label, symbol), `<segments>/meta.json` (ordered `classes`)
+and `configs/databases/<db>.yaml` (`subjects`: record -> subject; `exclude`; named `splits`).
+
+A named definition (e.g. mitdb `de_chazal`) fixes the test records; validation subjects are
+drawn from its `trainval` subjects only, by a seeded, class-stratified, subject-grouped split
+(`StratifiedGroupKFold`, one fold held out). Subjects that also have a record in test stay in
+train, so model selection never sees a test subject. `random` draws test subjects the same
+way first. Then no subject may be in two splits: the check is explicit, and fails unless the
+definition lists the subject under `shared_subjects_allowed` (the published de Chazal lists
+put 201 and 202, one patient, on both sides), in which case the summary carries a warning.
+
+Writes `<out>/assignment.csv` (record, subject, split) and `<out>/summary.json` (records,
+subjects and class counts per split, leakage check, records left out and why).
+
+Run: `python -m data_prep.split --params params.yaml --segments data/segments --out data/splits`
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from sklearn.model_selection import StratifiedGroupKFold
+
+from data_prep.layout import INDEX, META, read_index, read_json, write_index, write_json
+from data_prep.params import (
+    DEFAULT_PARAMS,
+    DatasetParams,
+    StrictModel,
+    parse_section,
+    read_yaml,
+)
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+RANDOM = "random"
+CONFIG_DIR = Path("configs/databases")
+ASSIGNMENT = "assignment.csv"
+SUMMARY = "summary.json"
+
+# YAML reads an unquoted 100 as an int; record and subject names are always strings
+Name = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
+
+
+class SplitParams(StrictModel):
+    """The `split:` section of params.yaml (see the comments there)."""
+
+    definition: str
+    val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(gt=0, lt=1)
+    seed: int
+
+
+class SplitDefinition(StrictModel):
+    """One entry of `splits:` in configs/databases/<db>.yaml."""
+
+    trainval: list[Name]
+    test: list[Name]
+    shared_subjects_allowed: dict[Name, str] = Field(default_factory=dict)
+
+
+class DatabaseConfig(BaseModel):
+    """The parts of configs/databases/<db>.yaml that split reads (other stages read the rest)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    subjects: dict[Name, Name] = Field(default_factory=dict)
+    exclude: dict[Name, str] = Field(default_factory=dict)
+    splits: dict[str, SplitDefinition] = Field(default_factory=dict)
+
+
+def load_database_config(config_dir: Path, db: str) -> DatabaseConfig:
+    """Reads configs/databases/<db>.yaml; without one, every record is its own subject."""
+    path = config_dir / f"{db}.yaml"
+    if not path.is_file():
+        log.warning("%s missing: every record is its own subject, only 'random' exists", path)
+        return DatabaseConfig()
+    try:
+        return DatabaseConfig.model_validate(read_yaml(path))
+    except ValueError as err:  # pydantic's ValidationError is a ValueError
+        raise ValueError(f"{path}: {err}") from None
+
+
+def holdout_subjects(labels: pd.Series, subjects: pd.Series, fraction: float, seed: int,
+                     locked: frozenset[str] = frozenset()) -> set[str]:
+    """Picks about `fraction` of the segments, as whole subjects, with the class mix of the whole.
+
+    Runs `StratifiedGroupKFold(n_splits=round(1/fraction), shuffle=True)` over the subjects
+    not `locked` and keeps the fold whose class proportions are closest (L1) to the whole,
+    preferring folds that leave every class present on the kept side.
+
+    Args:
+        labels: class of each segment.
+        subjects: subject of each segment (aligned with `labels`).
+        fraction: share to hold out.
+        seed: shuffle seed.
+        locked: subjects that must stay on the kept side.
+
+    Returns:
+        The held-out subjects.
+
+    Raises:
+        ValueError: fewer than two subjects can be drawn from.
+    """
+    free = ~subjects.isin(locked)
+    y, groups = labels[free].to_numpy(), subjects[free].to_numpy()
+    n_groups = len(set(groups))
+    if n_groups < 2:
+        raise ValueError(
+            f"cannot hold out {fraction:.0%} of subjects: only {n_groups} subject(s) "
+            f"{sorted(set(groups))} to draw from; add records to the split definition"
+        )
+    n_splits = min(max(2, round(1 / fraction)), n_groups)
+    whole = labels.value_counts(normalize=True)
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    best: tuple[tuple[bool, float], set[str]] | None = None
+    with warnings.catch_warnings():  # rare classes (< n_splits members): handled below
+        warnings.simplefilter("ignore", UserWarning)
+        folds = [set(groups[held]) for _, held in cv.split(np.zeros(len(y)), y, groups)]
+    for held in folds:
+        out = subjects.isin(held)
+        mix = labels[out].value_counts(normalize=True).reindex(whole.index, fill_value=0.0)
+        key = (labels[~out].nunique() < len(whole), float((mix - whole).abs().sum()))
+        if best is None or key < best[0]:
+            best = (key, held)
+    assert best is not None
+    if best[0][0]:
+        log.warning("no fold leaves every class on the kept side; held out %s", sorted(best[1]))
+    return best[1]
+
+
+def assign(
+    index: pd.DataFrame, config: DatabaseConfig, params: SplitParams
+) -> tuple[pd.DataFrame, dict[str, str], list[str]]:
+    """Assigns each record of the index to a split.
+
+    Returns:
+        The assignment (record, subject, split), the records left out with the reason, and
+        the definition's records absent from the index.
+
+    Raises:
+        ValueError: unknown definition, or a record in both trainval and test.
+    """
+    name = params.definition
+    records = sorted(index.record.unique())
+    subject = {r: config.subjects.get(r, r) for r in records}
+    rows = index.assign(subject=index.record.map(subject))
+    if name == RANDOM:
+        left_out = {r: f"excluded: {config.exclude[r]}" for r in records if r in config.exclude}
+        rows = rows[~rows.record.isin(left_out)]
+        test = holdout_subjects(rows.label, rows.subject, params.test_fraction, params.seed)
+        test_records = set(rows.record[rows.subject.isin(test)])
+        trainval, absent = sorted(set(rows.record) - test_records), []
+    else:
+        definition = _definition(config, name)
+        clash = sorted(set(definition.trainval) & set(definition.test))
+        if clash:
+            raise ValueError(f"split '{name}': records {clash} are in both trainval and test")
+        listed = set(definition.trainval) | set(definition.test)
+        left_out = {r: config.exclude.get(r, f"in neither trainval nor test of '{name}'")
+                    for r in records if r not in listed}
+        test_records = set(definition.test) & set(records)
+        trainval = [r for r in records if r in set(definition.trainval)]
+        absent = sorted(listed - set(records))
+    pool = rows[rows.record.isin(trainval)]
+    locked = frozenset(subject[r] for r in test_records)  # shared with test: kept out of val
+    val = holdout_subjects(pool.label, pool.subject, params.val_fraction, params.seed, locked)
+    split = {r: "test" if r in test_records else "val" if subject[r] in val else "train"
+             for r in test_records | set(trainval)}
+    ordered = sorted(split.items(), key=lambda item: (SPLITS.index(item[1]), item[0]))
+    assignment = pd.DataFrame([(r, subject[r], s) for r, s in ordered],
+                              columns=["record", "subject", "split"])
+    return assignment, left_out, absent
+
+
+def _definition(config: DatabaseConfig, name: str) -> SplitDefinition:
+    if name not in config.splits:
+        available = [*config.splits, RANDOM]
+        raise ValueError(
+            f"split.definition '{name}' unknown; available: {available} (named splits live "
+            "under `splits:` in configs/databases/<db>.yaml). Fix split.definition in params.yaml."
+        )
+    return config.splits[name]
+
+
+def check_leakage(assignment: pd.DataFrame, allowed: dict[str, str]) -> dict:
+    """Proves no subject is in two splits, except those the definition allows (with a warning).
+
+    Raises:
+        ValueError: a subject not allowed to be shared is in two splits; names its records.
+    """
+    per_subject = assignment.groupby("subject").split.nunique()
+    shared = sorted(per_subject[per_subject > 1].index)
+
+    def where(s: str) -> str:
+        rows = assignment[assignment.subject == s]
+        return f"subject {s} (" + ", ".join(f"{r}: {p}" for r, p in zip(rows.record, rows.split,
+                                                                         strict=True)) + ")"
+
+    leaks = [s for s in shared if s not in allowed]
+    if leaks:
+        raise ValueError(
+            "patient leakage: " + "; ".join(map(where, leaks)) + " in more than one split. "
+            "Fix the record lists of the split definition, or, only to reproduce a published "
+            "protocol, list the subject under its shared_subjects_allowed with the reason."
+        )
+    result = {"checked": True, "patient_disjoint": not shared, "shared_subjects": shared,
+              "allowed": {s: allowed[s] for s in shared}}
+    if shared:
+        result["warning"] = ("NOT patient-disjoint: " + "; ".join(map(where, shared)) +
+                             " in two splits, allowed by the split definition (see 'allowed')")
+        log.warning(result["warning"])
+    return result
+
+
+def summarise(index: pd.DataFrame, assignment: pd.DataFrame, classes: list[str]) -> dict:
+    """Records, subjects and per-class segment counts of each split, and of train+val."""
+    split_of = dict(zip(assignment.record, assignment.split, strict=True))
+    labels = index.assign(split=index.record.map(split_of)).dropna(subset=["split"])
+
+    def counts(mask: pd.Series) -> dict[str, int]:
+        found = labels.label[mask].value_counts()
+        return {c: int(found.get(c, 0)) for c in classes}
+
+    splits = {}
+    for name in SPLITS:
+        part = assignment[assignment.split == name]
+        n = counts(labels.split == name)
+        splits[name] = {"records": list(part.record), "subjects": sorted(set(part.subject)),
+                        "counts": n, "total": sum(n.values())}
+    return {"splits": splits, "trainval_counts": counts(labels.split.isin(["train", "val"]))}
+
+
+def run(dataset: DatasetParams, params: SplitParams, segments: Path, out: Path,
+        config_dir: Path = CONFIG_DIR) -> dict:
+    """Splits the segments' records, writes assignment.csv and summary.json, returns the summary."""
+    index = read_index(segments / INDEX)
+    classes = list(read_json(segments / META)["classes"])
+    unknown = sorted(set(index.label) - set(classes))
+    if unknown:
+        raise ValueError(f"{segments / INDEX}: labels {unknown} not in meta.json classes "
+                         f"{classes}; re-run the segment stage")
+    config = load_database_config(config_dir, dataset.name)
+    assignment, left_out, absent = assign(index, config, params)
+    named = config.splits.get(params.definition)  # None for "random"
+    leakage = check_leakage(assignment, named.shared_subjects_allowed if named else {})
+    if left_out:
+        log.info("left out: %s", left_out)
+    if absent:
+        log.warning("%d records of '%s' are not in the index: %s", len(absent), params.definition,
+                    absent)
+    summary = {"definition": params.definition, "seed": params.seed,
+               **summarise(index, assignment, classes), "leakage": leakage,
+               "left_out": left_out, "not_in_index": absent}
+    write_index(out / ASSIGNMENT, assignment)
+    write_json(out / SUMMARY, summary)
+    for name in SPLITS:
+        part = summary["splits"][name]
+        log.info("%s: %d records, %d segments %s", name, len(part["records"]), part["total"],
+                 part["counts"])
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml")
+    parser.add_argument("--segments", type=Path, required=True, help="segment stage folder")
+    parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. data/splits")
+    parser.add_argument("--configs", type=Path, default=CONFIG_DIR, help="database configs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    data = read_yaml(args.params)
+    run(parse_section(data, "dataset", DatasetParams, str(args.params)),
+        parse_section(data, "split", SplitParams, str(args.params)),
+        args.segments, args.out, args.configs)
+
+
+if __name__ == "__main__":
+    main()

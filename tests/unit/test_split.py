@@ -1,0 +1,256 @@
+"""Stage `split` on synthetic segment indexes: subject grouping, leakage check, stratification."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from data_prep import split
+from data_prep.layout import write_index, write_json
+from data_prep.split import DatasetParams, SplitParams, run
+
+CLASSES = ["N", "S", "V", "F", "Q"]
+DB = "toydb"
+TRAINVAL = [f"1{i:02d}" for i in range(12)] + ["201"]
+TEST = [f"3{i:02d}" for i in range(6)] + ["202"]
+
+
+def counts_for(record: str) -> dict[str, int]:
+    """Mostly N, some S and V everywhere; F only in 105 and 300 (rare, one subject per side)."""
+    n = 40 + 7 * (int(record) % 5)
+    return {"N": n, "S": 3 + int(record) % 3, "V": 2 + int(record) % 4,
+            "F": 5 if record in ("105", "300") else 0}
+
+
+def make_segments(folder: Path, records: list[str], classes: list[str] = CLASSES) -> pd.DataFrame:
+    rows = [(r, label) for r in records for label, n in counts_for(r).items() for _ in range(n)]
+    index = pd.DataFrame(rows, columns=["record", "label"])
+    index.insert(1, "row", index.groupby("record").cumcount())
+    index.insert(2, "sample", index.row * 300)
+    index["symbol"] = index.label
+    write_index(folder / "index.csv", index)
+    write_json(folder / "meta.json", {"classes": classes})
+    return index
+
+
+def make_config(folder: Path, allowed: bool = True, **extra) -> Path:
+    definition = {"trainval": TRAINVAL, "test": TEST}
+    if allowed:
+        definition["shared_subjects_allowed"] = {"201+202": "published lists"}
+    config = {"name": DB, "subjects": {"201": "201+202", "202": "201+202"},
+              "exclude": {"199": "paced"}, "splits": {"ds": definition}, **extra}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{DB}.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> dict[str, Path]:
+    make_segments(tmp_path / "segments", [*TRAINVAL, *TEST, "199", "400"])
+    return {"segments": tmp_path / "segments", "configs": make_config(tmp_path / "configs"),
+            "out": tmp_path / "splits"}
+
+
+def split_(tree: dict[str, Path], definition: str = "ds", seed: int = 42, **kw) -> dict:
+    params = SplitParams(definition=definition, val_fraction=kw.pop("val", 0.25),
+                         test_fraction=kw.pop("test", 0.25), seed=seed)
+    return run(DatasetParams(name=DB), params, tree["segments"], tree["out"], tree["configs"])
+
+
+def assignment(tree: dict[str, Path]) -> pd.DataFrame:
+    return pd.read_csv(tree["out"] / "assignment.csv", dtype=str)
+
+
+def records_of(frame: pd.DataFrame, name: str) -> set[str]:
+    return set(frame.record[frame.split == name])
+
+
+def test_named_definition_draws_val_from_trainval_only(tree) -> None:
+    split_(tree)
+    frame = assignment(tree)
+    assert records_of(frame, "test") == set(TEST)
+    assert records_of(frame, "train") | records_of(frame, "val") == set(TRAINVAL)
+    assert records_of(frame, "val") and not records_of(frame, "val") & set(TEST)
+
+
+def test_allowed_shared_subject_is_reported_with_a_warning(tree, caplog) -> None:
+    summary = split_(tree)
+    frame = assignment(tree)
+    assert frame.set_index("record").loc[["201", "202"], "subject"].tolist() == ["201+202"] * 2
+    # the subject shared with test stays in train: validation never sees a test patient
+    for seed in range(8):
+        split_(tree, seed=seed)
+        assert assignment(tree).set_index("record").loc["201", "split"] == "train"
+    leakage = summary["leakage"]
+    assert leakage["checked"] is True and leakage["patient_disjoint"] is False
+    assert leakage["shared_subjects"] == ["201+202"]
+    assert leakage["allowed"] == {"201+202": "published lists"}
+    assert "201: train" in leakage["warning"] and "202: test" in leakage["warning"]
+    assert "NOT patient-disjoint" in caplog.text
+
+
+def test_disallowed_overlap_raises_naming_subject_and_records(tmp_path, tree) -> None:
+    tree["configs"] = make_config(tmp_path / "strict", allowed=False)
+    with pytest.raises(ValueError, match=r"leakage: subject 201\+202 \(201: train, 202: test\)"):
+        split_(tree)
+    assert not (tree["out"] / "summary.json").exists()
+
+
+@pytest.mark.parametrize("definition", ["ds", "random"])
+@pytest.mark.parametrize("seed", range(6))
+def test_no_subject_in_two_splits_except_allowed(tree, definition, seed) -> None:
+    split_(tree, definition, seed=seed)
+    per_subject = assignment(tree).groupby("subject").split.nunique()
+    shared = set(per_subject[per_subject > 1].index)
+    assert shared == ({"201+202"} if definition == "ds" else set())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_stratification_keeps_every_class_in_train(tree, seed) -> None:
+    # F lives in one trainval subject only (105): a fold holding it out would empty train of F
+    summary = split_(tree, seed=seed)
+    assert all(n > 0 for c, n in summary["splits"]["train"]["counts"].items() if c != "Q")
+    assert "105" in summary["splits"]["train"]["records"]
+
+
+def test_holdout_prefers_closest_class_mix() -> None:
+    labels = pd.Series(["N"] * 60 + ["S"] * 20 + ["N"] * 20)
+    subjects = pd.Series(["a"] * 20 + ["b"] * 20 + ["c"] * 20 + ["d"] * 20 + ["e"] * 20)
+    # subject d is all S: holding it out alone would take every S out of train
+    held = split.holdout_subjects(labels, subjects, 0.2, seed=0)
+    assert len(held) == 1 and "d" not in held
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_holdout_keeps_a_class_on_the_kept_side_over_a_closer_mix(seed) -> None:
+    # c has the mix closest to the whole but holds the only F beat: it must stay in train
+    spec = {"a": {"N": 90, "S": 10}, "b": {"N": 70, "S": 30}, "c": {"N": 80, "S": 20, "F": 1},
+            "d": {"N": 85, "S": 15}, "e": {"N": 75, "S": 25}}
+    rows = pd.DataFrame([(s, c) for s, mix in spec.items() for c, n in mix.items()
+                         for _ in range(n)], columns=["subject", "label"])
+    held = split.holdout_subjects(rows.label, rows.subject, 0.2, seed=seed)
+    assert len(held) == 1 and "c" not in held
+    no_f = rows[rows.label != "F"]  # without F, c (mix equal to the whole) is the closest
+    assert split.holdout_subjects(no_f.label, no_f.subject, 0.2, seed=seed) == {"c"}
+    # a locked subject (one with a test record) is never held out, however close its mix
+    locked = split.holdout_subjects(no_f.label, no_f.subject, 0.2, seed, frozenset({"c"}))
+    assert len(locked) == 1 and "c" not in locked
+
+
+def test_holdout_needs_two_subjects() -> None:
+    with pytest.raises(ValueError, match=r"only 1 subject\(s\) \['a'\]"):
+        split.holdout_subjects(pd.Series(["N", "S"]), pd.Series(["a", "a"]), 0.2, seed=0)
+
+
+def test_same_seed_same_split_other_seeds_differ(tree) -> None:
+    split_(tree, seed=7)
+    first = assignment(tree)
+    split_(tree, seed=7)
+    pd.testing.assert_frame_equal(first, assignment(tree))
+    others = []
+    for seed in range(5):
+        split_(tree, seed=seed)
+        others.append(records_of(assignment(tree), "val"))
+    assert len({frozenset(v) for v in others}) > 1
+
+
+def test_random_definition(tree) -> None:
+    summary = split_(tree, "random", test=0.25)
+    frame = assignment(tree)
+    assert summary["left_out"] == {"199": "excluded: paced"}
+    assert set(frame.record) == {*TRAINVAL, *TEST, "400"}
+    assert all(records_of(frame, s) for s in split.SPLITS)
+    # 201 and 202 are one subject: always on the same side
+    assert frame.set_index("record").loc["201", "split"] == frame.set_index("record").loc["202",
+                                                                                          "split"]
+    total = sum(summary["splits"][s]["total"] for s in split.SPLITS)
+    assert 0.1 < summary["splits"]["test"]["total"] / total < 0.4
+    assert summary["leakage"]["patient_disjoint"] is True and "warning" not in summary["leakage"]
+
+
+def test_unknown_definition_lists_available(tree) -> None:
+    with pytest.raises(ValueError, match=r"'nope' unknown; available: \['ds', 'random'\]"):
+        split_(tree, "nope")
+
+
+def test_record_in_both_lists_raises(tmp_path, tree) -> None:
+    config = make_config(tmp_path / "bad")
+    data = yaml.safe_load((config / f"{DB}.yaml").read_text())
+    data["splits"]["ds"]["test"].append("100")
+    (config / f"{DB}.yaml").write_text(yaml.safe_dump(data))
+    tree["configs"] = config
+    with pytest.raises(ValueError, match=r"\['100'\] are in both trainval and test"):
+        split_(tree)
+
+
+def test_output_format(tree) -> None:
+    index = pd.read_csv(tree["segments"] / "index.csv", dtype={"record": str})
+    summary = split_(tree)
+    frame = assignment(tree)
+    assert list(frame.columns) == ["record", "subject", "split"]
+    assert set(frame.split) == set(split.SPLITS)
+    assert frame.split.map(split.SPLITS.index).is_monotonic_increasing  # train, val, test
+    assert json.loads((tree["out"] / "summary.json").read_text()) == summary
+    assert sorted(tree["out"].iterdir()) == [tree["out"] / "assignment.csv",
+                                             tree["out"] / "summary.json"]
+    assert summary["definition"] == "ds" and summary["seed"] == 42
+    for name in split.SPLITS:
+        part = summary["splits"][name]
+        assert list(part["counts"]) == CLASSES  # every class, meta order, zeros included
+        assert part["total"] == sum(part["counts"].values())
+        assert part["records"] == sorted(records_of(frame, name))
+        expected = index[index.record.isin(part["records"])].label.value_counts()
+        assert part["counts"] == {c: int(expected.get(c, 0)) for c in CLASSES}
+    assert summary["splits"]["test"]["counts"]["Q"] == 0
+    train, val = summary["splits"]["train"]["counts"], summary["splits"]["val"]["counts"]
+    assert summary["trainval_counts"] == {c: train[c] + val[c] for c in CLASSES}
+    # 199 (excluded) and 400 (in neither list) are left out, with the reason
+    assert summary["left_out"] == {"199": "paced", "400": "in neither trainval nor test of 'ds'"}
+    assert summary["not_in_index"] == []
+
+
+def test_definition_records_missing_from_index_are_reported(tmp_path, tree) -> None:
+    tree["segments"] = tmp_path / "partial"
+    make_segments(tree["segments"], [r for r in TRAINVAL + TEST if r not in ("110", "301")])
+    assert split_(tree)["not_in_index"] == ["110", "301"]
+
+
+def test_without_config_every_record_is_its_own_subject(tmp_path, tree) -> None:
+    tree["configs"] = tmp_path / "empty"
+    split_(tree, "random")
+    frame = assignment(tree)
+    assert (frame.record == frame.subject).all() and "199" in set(frame.record)
+    with pytest.raises(ValueError, match=r"available: \['random'\]"):
+        split_(tree, "ds")
+
+
+def test_labels_outside_meta_classes_raise(tmp_path, tree) -> None:
+    tree["segments"] = tmp_path / "odd"
+    make_segments(tree["segments"], TRAINVAL + TEST, classes=["N", "S", "V"])
+    with pytest.raises(ValueError, match=r"labels \['F'\] not in meta.json"):
+        split_(tree)
+
+
+def test_cli(tree, tmp_path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(f"dataset:\n  name: {DB}\nsplit:\n  definition: ds\n  val_fraction: 0.2\n"
+                      "  test_fraction: 0.2\n  seed: 1\n")
+    split.main(["--params", str(params), "--segments", str(tree["segments"]),
+                "--out", str(tree["out"]), "--configs", str(tree["configs"])])
+    assert json.loads((tree["out"] / "summary.json").read_text())["seed"] == 1
+
+
+def test_repo_params_and_mitdb_config_parse() -> None:
+    root = Path(__file__).resolve().parents[2]
+    params = split.parse_section(split.read_yaml(root / "params.yaml"), "split", SplitParams)
+    config = split.load_database_config(root / "configs" / "databases", "mitdb")
+    assert params.definition in config.splits
+    strict, published = config.splits["de_chazal_strict"], config.splits["de_chazal"]
+    assert len(published.trainval) == len(published.test) == 22
+    assert set(published.test) - set(strict.test) == {"202"}
+    assert config.subjects["201"] == config.subjects["202"]
+    assert set(config.exclude) == {"102", "104", "107", "217"}
