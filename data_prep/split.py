@@ -24,13 +24,13 @@ import argparse
 import logging
 import warnings
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import Field
 from sklearn.model_selection import StratifiedGroupKFold
 
+from data_prep.configs import DATABASES_DIR, DatabaseConfig, SplitDefinition, load_database
 from data_prep.layout import INDEX, META, read_index, read_json, write_index, write_json
 from data_prep.params import (
     DEFAULT_PARAMS,
@@ -44,13 +44,8 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 RANDOM = "random"
-CONFIG_DIR = Path("configs/databases")
 ASSIGNMENT = "assignment.csv"
 SUMMARY = "summary.json"
-
-# YAML reads an unquoted 100 as an int; record and subject names are always strings
-Name = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
-
 
 class SplitParams(StrictModel):
     """The `split:` section of params.yaml (see the comments there)."""
@@ -59,35 +54,6 @@ class SplitParams(StrictModel):
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
     seed: int
-
-
-class SplitDefinition(StrictModel):
-    """One entry of `splits:` in configs/databases/<db>.yaml."""
-
-    trainval: list[Name]
-    test: list[Name]
-    shared_subjects_allowed: dict[Name, str] = Field(default_factory=dict)
-
-
-class DatabaseConfig(BaseModel):
-    """The parts of configs/databases/<db>.yaml that split reads (other stages read the rest)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    subjects: dict[Name, Name] = Field(default_factory=dict)
-    exclude: dict[Name, str] = Field(default_factory=dict)
-    splits: dict[str, SplitDefinition] = Field(default_factory=dict)
-
-
-def load_database_config(config_dir: Path, db: str) -> DatabaseConfig:
-    """Reads configs/databases/<db>.yaml; without one, every record is its own subject."""
-    path = config_dir / f"{db}.yaml"
-    if not path.is_file():
-        log.warning("%s missing: every record is its own subject, only 'random' exists", path)
-        return DatabaseConfig()
-    try:
-        return DatabaseConfig.model_validate(read_yaml(path))
-    except ValueError as err:  # pydantic's ValidationError is a ValueError
-        raise ValueError(f"{path}: {err}") from None
 
 
 def holdout_subjects(labels: pd.Series, subjects: pd.Series, fraction: float, seed: int,
@@ -241,7 +207,7 @@ def summarise(index: pd.DataFrame, assignment: pd.DataFrame, classes: list[str])
 
 
 def run(dataset: DatasetParams, params: SplitParams, segments: Path, out: Path,
-        config_dir: Path = CONFIG_DIR) -> dict:
+        config_dir: Path = DATABASES_DIR) -> dict:
     """Splits the segments' records, writes assignment.csv and summary.json, returns the summary."""
     index = read_index(segments / INDEX)
     classes = list(read_json(segments / META)["classes"])
@@ -249,7 +215,7 @@ def run(dataset: DatasetParams, params: SplitParams, segments: Path, out: Path,
     if unknown:
         raise ValueError(f"{segments / INDEX}: labels {unknown} not in meta.json classes "
                          f"{classes}; re-run the segment stage")
-    config = load_database_config(config_dir, dataset.name)
+    config = load_database(dataset.name, config_dir)
     assignment, left_out, absent = assign(index, config, params)
     named = config.splits.get(params.definition)  # None for "random"
     leakage = check_leakage(assignment, named.shared_subjects_allowed if named else {})
@@ -275,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml")
     parser.add_argument("--segments", type=Path, required=True, help="segment stage folder")
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. data/splits")
-    parser.add_argument("--configs", type=Path, default=CONFIG_DIR, help="database configs")
+    parser.add_argument("--configs", type=Path, default=DATABASES_DIR, help="database configs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data = read_yaml(args.params)

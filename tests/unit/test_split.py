@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from data_prep import split
+from data_prep.configs import load_database
 from data_prep.layout import write_index, write_json
 from data_prep.split import DatasetParams, SplitParams, run
 
@@ -247,7 +248,7 @@ def test_cli(tree, tmp_path) -> None:
 def test_repo_params_and_mitdb_config_parse() -> None:
     root = Path(__file__).resolve().parents[2]
     params = split.parse_section(split.read_yaml(root / "params.yaml"), "split", SplitParams)
-    config = split.load_database_config(root / "configs" / "databases", "mitdb")
+    config = load_database("mitdb", root / "configs" / "databases")
     assert params.definition in config.splits
     strict, published = config.splits["de_chazal_strict"], config.splits["de_chazal"]
     assert len(published.trainval) == len(published.test) == 22

@@ -1,0 +1,86 @@
+"""Typed views of the versioned domain tables in `configs/`: label maps and database facts.
+
+`configs/labels/*.yaml` map annotation symbols (or rhythm names) to classes;
+`configs/databases/<db>.yaml` names excluded records, record -> subject and split definitions.
+Unknown keys are errors, so a typo in a table fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from data_prep.params import StrictModel, parse_section, read_yaml
+
+log = logging.getLogger(__name__)
+
+DATABASES_DIR = Path("configs/databases")
+
+# YAML reads an unquoted 100 as an int; record and subject names are always strings
+Name = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
+
+
+class LabelMap(StrictModel):
+    """A label map YAML (configs/labels/): ordered classes, symbol -> class, ignored symbols."""
+
+    classes: list[str] = Field(min_length=1)
+    map: dict[str, str]
+    ignore: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LabelMap:
+        if unknown := sorted(set(self.map.values()) - set(self.classes)):
+            raise ValueError(f"map targets {unknown} are not among classes {self.classes}")
+        if both := sorted(set(self.map) & set(self.ignore)):
+            raise ValueError(f"symbols {both} are both mapped and ignored")
+        return self
+
+
+class SplitDefinition(StrictModel):
+    """One entry of `splits:` in a database config: fixed test records, the rest train+val."""
+
+    trainval: list[Name]
+    test: list[Name]
+    shared_subjects_allowed: dict[Name, str] = Field(default_factory=dict)
+
+
+class DatabaseConfig(StrictModel):
+    """configs/databases/<db>.yaml; every field has a default for databases without one."""
+
+    name: str | None = None
+    version: str | None = None
+    annotator: str | None = None
+    exclude: dict[Name, str] = Field(default_factory=dict)
+    subjects: dict[Name, Name] = Field(default_factory=dict)
+    splits: dict[str, SplitDefinition] = Field(default_factory=dict)
+
+
+def load_label_map(path: Path) -> LabelMap:
+    """Loads and checks a label map YAML."""
+    return parse_section({"label_map": read_yaml(path)}, "label_map", LabelMap, str(path))
+
+
+def load_database(name: str, databases_dir: Path = DATABASES_DIR) -> DatabaseConfig:
+    """Database facts from <databases_dir>/<name>.yaml; defaults when there is none."""
+    path = databases_dir / f"{name}.yaml"
+    if not path.is_file():
+        log.warning("%s: no database config; no exclusions, every record its own subject", path)
+        return DatabaseConfig()
+    return parse_section({"database": read_yaml(path)}, "database", DatabaseConfig, str(path))
+
+
+def read_reference(path: Path) -> dict[str, str]:
+    """Reads a "record,label" CSV (challenge REFERENCE.csv), with or without a header row."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: reference CSV not found; fix segment.reference_csv")
+    with path.open(newline="") as fh:
+        rows = [row for row in csv.reader(fh) if row and row[0].strip()]
+    if rows and (rows[0][0].strip().lower() == "record" or rows[0][-1].strip().lower() == "label"):
+        rows = rows[1:]
+    if bad := [row for row in rows if len(row) < 2]:
+        raise ValueError(f"{path}: rows need 'record,label', got {bad[0]}; fix the file")
+    return {row[0].strip(): row[1].strip() for row in rows}

@@ -1,0 +1,420 @@
+"""Segment stage: WFDB records -> labelled, band-passed signal windows at one sampling rate.
+
+Reads   <raw>/<dataset.name>/ (the records its RECORDS file lists), the label map YAML
+        (segment.label_map), configs/databases/<name>.yaml when it exists (excluded records,
+        annotator) and, in record mode, the reference CSV ("record,label").
+Writes  <out>/shards/<record>.npy  float32 (n, L) windows at segment.target_fs
+        <out>/index.csv            record,row,sample,label,symbol
+        <out>/meta.json            database, label_mode, classes, fs, window/offset samples, leads
+        <out>/summary.json         records processed/skipped/excluded, segments kept by class and
+                                   skipped by reason, non-beat annotations, lead fallbacks
+Run     python -m data_prep.segment --params params.yaml --raw data/raw --out data/segments
+
+Label modes: `beat` cuts [beat - before, beat + after) around each annotated beat; `rhythm`
+and `record` cut fixed windows labelled by the rhythm episode in effect (`+` annotations) or
+by the record's row in the reference CSV. Symbols (rhythm names, record labels) in the label
+map's `ignore` list are counted as non-beat annotations, not skips. Every other beat, window or
+record left out is counted by reason (unknown symbol, record edge, NaN samples, unreadable
+record...); the stage fails when skipped / (kept + skipped) exceeds segment.max_skip_fraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import numpy as np
+import pandas as pd
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+from tqdm import tqdm
+
+from data_prep import layout, signals, wfdb_io
+from data_prep.configs import (
+    DATABASES_DIR,
+    DatabaseConfig,
+    LabelMap,
+    load_database,
+    load_label_map,
+    read_reference,
+)
+from data_prep.params import DatasetParams, StrictModel, parse_section, read_yaml
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class SegmentParams(StrictModel):
+    """The `segment:` section of params.yaml (see the comments there)."""
+
+    label_mode: Literal["beat", "rhythm", "record"]
+    label_map: str
+    annotator: str | None
+    reference_csv: str | None
+    leads: list[str]
+    lead_fallback: Literal["first", "skip"]
+    target_fs: PositiveInt
+    bandpass_hz: tuple[PositiveFloat, PositiveFloat]
+    filter_order: int = Field(ge=1, le=10)
+    beat_window_s: tuple[float, float]
+    window_s: PositiveFloat
+    window_stride_s: PositiveFloat
+    max_skip_fraction: float = Field(ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SegmentParams:
+        low, high = self.bandpass_hz
+        if not low < high < self.target_fs / 2:
+            raise ValueError(f"bandpass_hz needs low < high < target_fs/2 = {self.target_fs / 2}")
+        if min(self.beat_window_s) < 0 or sum(self.beat_window_s) <= 0:
+            raise ValueError("beat_window_s: [before, after] must be >= 0 with a positive sum")
+        if self.label_mode == "record" and not self.reference_csv:
+            raise ValueError("label_mode 'record' needs reference_csv (a 'record,label' CSV)")
+        return self
+
+    def geometry(self) -> tuple[int, int, int]:
+        """(offset, length, stride) of the windows, in samples at target_fs."""
+        fs = self.target_fs
+        if self.label_mode == "beat":  # half up: 1.25 s at 250 Hz is 313 + 312 = 625 samples
+            before, after = self.beat_window_s
+            return math.floor(before * fs + 0.5), math.floor((before + after) * fs + 0.5), 1
+        return 0, round(self.window_s * fs), max(round(self.window_stride_s * fs), 1)
+
+
+# ----------------------------------------------------------------------------- pure core
+
+
+class RecordSkip(Exception):
+    """A whole record is left out; `lost` labelled segments go with it."""
+
+    def __init__(self, reason: str, lost: int, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.lost, self.detail = reason, lost, detail
+
+    def __reduce__(self) -> tuple:  # travels back from worker processes inside RecordResult
+        return RecordSkip, (self.reason, self.lost, self.detail)
+
+
+@dataclass
+class Segments:
+    """Candidate windows of one record on the target-rate timeline, and what was left out."""
+
+    sample: np.ndarray
+    start: np.ndarray
+    symbol: np.ndarray
+    label: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=str))
+    source: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    skipped: Counter = field(default_factory=Counter)
+    non_beat: Counter = field(default_factory=Counter)
+    unknown: Counter = field(default_factory=Counter)
+
+    def keep(self, mask: np.ndarray, reason: str | None) -> None:
+        """Keeps the candidates where `mask`; the others count as skipped for `reason`."""
+        if reason is not None and (dropped := int(np.count_nonzero(~mask))):
+            self.skipped[reason] += dropped
+        for name in ("sample", "start", "symbol", "label", "source"):
+            if getattr(self, name).size:  # label and source are empty until set
+                setattr(self, name, getattr(self, name)[mask])
+
+    def apply_map(self, labels: LabelMap, unknown_reason: str) -> None:
+        """Labels candidates from their symbols; ignored symbols are dropped without a skip."""
+        known = np.isin(self.symbol, list(labels.map))
+        ignored = np.isin(self.symbol, labels.ignore)
+        self.non_beat.update(self.symbol[ignored].tolist())
+        self.unknown.update(self.symbol[~known & ~ignored].tolist())
+        self.keep(known | ignored, unknown_reason)
+        self.keep(~ignored[known | ignored], None)
+        self.label = np.array([labels.map[s] for s in self.symbol.tolist()], dtype=str)
+
+
+def beat_segments(ann: wfdb_io.Annotations, fs_in: float, n_in: int, params: SegmentParams,
+                  labels: LabelMap) -> Segments:
+    """One candidate per mapped beat annotation, centred `offset` samples into its window."""
+    offset, length, _ = params.geometry()
+    sample = signals.map_samples(ann.sample, fs_in, params.target_fs)
+    seg = Segments(sample, sample - offset, ann.symbol, source=ann.sample)
+    seg.apply_map(labels, "unknown_symbol")
+    n_out = signals.resampled_length(n_in, fs_in, params.target_fs)
+    seg.keep(seg.source < n_in, "annotation_past_end")
+    seg.keep(signals.inside(seg.start, length, n_out), "record_edge")
+    return seg
+
+
+def rhythm_segments(ann: wfdb_io.Annotations, fs_in: float, n_out: int, params: SegmentParams,
+                    labels: LabelMap) -> Segments:
+    """Fixed windows labelled by the rhythm episode (`+` aux_note) in effect over all of them."""
+    _, length, stride = params.geometry()
+    is_rhythm = ann.symbol == "+"
+    onsets = signals.map_samples(ann.sample[is_rhythm], fs_in, params.target_fs)
+    names = ann.aux_note[is_rhythm]
+    changed = np.r_[True, names[1:] != names[:-1]]  # a repeated name does not start an episode
+    onsets, names = onsets[changed], names[changed]
+    starts = signals.window_starts(n_out, length, stride)
+    first = np.searchsorted(onsets, starts, side="right") - 1
+    last = np.searchsorted(onsets, starts + length - 1, side="right") - 1
+    seg = Segments(starts, starts, names[first] if names.size else np.full(starts.size, ""))
+    seg.keep(first >= 0, "before_first_rhythm")
+    seg.keep((first == last)[first >= 0], "rhythm_change")
+    seg.apply_map(labels, "unknown_rhythm")
+    return seg
+
+
+def record_segments(label: str, n_out: int, params: SegmentParams, labels: LabelMap) -> Segments:
+    """Fixed windows over the whole record, all with the record's label."""
+    _, length, stride = params.geometry()
+    starts = signals.window_starts(n_out, length, stride)
+    if not starts.size:
+        raise RecordSkip("shorter_than_window", 1, f"{n_out} samples < window of {length}")
+    seg = Segments(starts, starts, np.full(starts.size, label))
+    seg.apply_map(labels, "unknown_label")
+    return seg
+
+
+# ----------------------------------------------------------------------------- one record
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a worker needs to segment one record (picklable)."""
+
+    params: SegmentParams
+    labels: LabelMap
+    record_dir: Path
+    out_dir: Path
+    annotator: str
+    reference: dict[str, str]
+
+
+@dataclass
+class RecordResult:
+    """What one record contributed: its index rows and its counts (the shard is on disk)."""
+
+    record: str
+    segments: Segments | None = None
+    lead: str | None = None
+    fell_back: bool = False
+    skip: RecordSkip | None = None
+    index: pd.DataFrame | None = None
+
+
+def _read(reader: Callable[..., T], *args: object, missing: str, unreadable: str,
+          lost: int = 0) -> T:
+    """Calls a wfdb_io reader; its errors (which name record, file and fix) skip the record."""
+    try:
+        return reader(*args)
+    except FileNotFoundError as err:
+        raise RecordSkip(missing, lost, str(err)) from None
+    except ValueError as err:
+        raise RecordSkip(unreadable, lost, str(err)) from None
+
+
+def _candidates(ctx: Context, record: str, header: wfdb_io.Header, n_out: int) -> Segments:
+    params = ctx.params
+    if params.label_mode == "record":
+        if record not in ctx.reference:
+            _, length, stride = params.geometry()
+            lost = signals.window_starts(n_out, length, stride).size
+            raise RecordSkip("not_in_reference", lost, f"record {record} has no reference row")
+        return record_segments(ctx.reference[record], n_out, params, ctx.labels)
+    ann = _read(wfdb_io.read_annotations, ctx.record_dir, record, ctx.annotator,
+                missing="missing_annotations", unreadable="unreadable_annotations")
+    if params.label_mode == "beat":
+        return beat_segments(ann, header.fs, header.n_samples, params, ctx.labels)
+    return rhythm_segments(ann, header.fs, n_out, params, ctx.labels)
+
+
+def _windows(ctx: Context, record: str, header: wfdb_io.Header, seg: Segments,
+             channel: int) -> np.ndarray:
+    """Reads, conditions and cuts the record's signal; NaN-touching windows are skipped."""
+    params, lost = ctx.params, seg.sample.size
+    x = _read(wfdb_io.read_signal, ctx.record_dir, record, channel,
+              missing="missing_signal", unreadable="unreadable_signal", lost=lost)
+    if np.isnan(x).all():
+        raise RecordSkip("all_nan", lost, f"record {record}: every sample of the lead is NaN")
+    try:
+        y, nan_mask = signals.condition(x, header.fs, params.target_fs, params.bandpass_hz,
+                                        params.filter_order)
+    except ValueError as err:  # e.g. a record shorter than the filter's padding
+        raise RecordSkip("signal_error", lost, f"record {record}: {err}") from None
+    _, length, _ = params.geometry()
+    seg.keep(~signals.touches(nan_mask, seg.start, length), "nan_samples")
+    windows, kept = signals.cut_windows(y, seg.start, length)
+    assert kept.all(), "candidates were checked against the record edges"
+    return windows
+
+
+def process_record(ctx: Context, record: str) -> RecordResult:
+    """Segments one record and writes its shard; a bad record becomes a counted skip."""
+    result = RecordResult(record)
+    try:
+        header = _read(wfdb_io.read_header, ctx.record_dir, record,
+                       missing="missing_header", unreadable="unreadable_header")
+        n_out = signals.resampled_length(header.n_samples, header.fs, ctx.params.target_fs)
+        result.segments = seg = _candidates(ctx, record, header, n_out)
+        channel, result.fell_back = signals.choose_lead(
+            header.sig_names, ctx.params.leads, ctx.params.lead_fallback)
+        if channel is None:
+            raise RecordSkip("missing_lead", seg.sample.size,
+                             f"record {record} has leads {list(header.sig_names)}, none of "
+                             f"segment.leads; add one there or set lead_fallback: first")
+        result.lead = header.sig_names[channel]
+        windows = _windows(ctx, record, header, seg, channel)
+    except RecordSkip as skip:
+        log.warning("record %s skipped (%s)", record, skip)
+        result.skip = skip
+        return result
+    if windows.shape[0]:
+        layout.save_shard(ctx.out_dir, record, windows)
+        result.index = pd.DataFrame({"record": record, "row": np.arange(windows.shape[0]),
+                                     "sample": seg.sample, "label": seg.label,
+                                     "symbol": seg.symbol})
+    return result
+
+
+# ----------------------------------------------------------------------------- run + CLI
+
+
+def _process_all(ctx: Context, records: list[str], workers: int | None) -> list[RecordResult]:
+    workers = min(workers or os.cpu_count() or 1, len(records))
+    bar = partial(tqdm, total=len(records), desc="segment", unit="record", disable=None)
+    if workers <= 1:
+        return [process_record(ctx, record) for record in bar(records)]
+    with ProcessPoolExecutor(workers) as pool:  # records are independent; order is kept
+        return list(bar(pool.map(partial(process_record, ctx), records)))
+
+
+def summarise(results: list[RecordResult], excluded: dict[str, str], labels: LabelMap,
+              params: SegmentParams, database: str) -> dict:
+    """Counts of everything kept and left out, as written to summary.json."""
+    kept, skipped, non_beat, unknown = Counter(), Counter(), Counter(), Counter()
+    per_record = {}
+    for res in results:
+        seg = res.segments or Segments(*(np.empty(0),) * 3)
+        lost = Counter(seg.skipped) + (Counter({res.skip.reason: res.skip.lost}) if res.skip
+                                       else Counter())
+        kept.update(seg.label.tolist() if res.skip is None else [])
+        skipped.update(lost)
+        non_beat.update(seg.non_beat)
+        unknown.update(seg.unknown)
+        per_record[res.record] = {"kept": 0 if res.index is None else len(res.index),
+                                  "skipped": dict(lost)}
+    n_kept, n_skipped = sum(kept.values()), sum(skipped.values())
+    return {
+        "database": database, "label_mode": params.label_mode,
+        "records": {"processed": sum(r.skip is None for r in results),
+                    "skipped": {r.record: {"reason": r.skip.reason, "detail": r.skip.detail}
+                                for r in results if r.skip},
+                    "excluded": excluded},
+        "segments_kept": {c: kept.get(c, 0) for c in labels.classes}, "kept_total": n_kept,
+        "segments_skipped": dict(skipped.most_common()), "skipped_total": n_skipped,
+        "skip_fraction": n_skipped / max(n_kept + n_skipped, 1),
+        "max_skip_fraction": params.max_skip_fraction,
+        "non_beat_annotations": dict(non_beat.most_common()),
+        "unknown_labels": dict(unknown.most_common()),
+        "lead_fallbacks": {r.record: r.lead for r in results if r.fell_back and r.lead},
+        "per_record": per_record,
+    }
+
+
+def _check(summary: dict, path: Path) -> None:
+    """Fails the stage when too much was skipped, naming the worst records and reasons."""
+    if summary["kept_total"] == 0:
+        raise ValueError(f"no segment kept; see {path} for why each record was skipped")
+    if summary["skip_fraction"] <= summary["max_skip_fraction"]:
+        return
+    worst = sorted(summary["per_record"].items(), key=lambda kv: -sum(kv[1]["skipped"].values()))
+    names = "; ".join(f"{rec}: {counts['skipped']}" for rec, counts in worst[:5])
+    raise ValueError(
+        f"{summary['skipped_total']} of {summary['skipped_total'] + summary['kept_total']} "
+        f"labelled segments skipped ({summary['skip_fraction']:.2%} > segment.max_skip_fraction "
+        f"{summary['max_skip_fraction']:.2%}); worst records: {names}. Fix the records or the "
+        f"label map, exclude them in configs/databases, or raise max_skip_fraction; see {path}"
+    )
+
+
+def _clear(out_dir: Path) -> None:
+    """Removes a previous run's outputs so that a failed run leaves no stale index or shard."""
+    for name in (layout.INDEX, layout.META, layout.SUMMARY):
+        (out_dir / name).unlink(missing_ok=True)
+    for shard in (out_dir / layout.SHARDS).glob("**/*.npy"):
+        shard.unlink()
+
+
+def _context(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path,
+             db: DatabaseConfig) -> Context:
+    """Resolves inputs. The annotator is segment.annotator, else the database config's, else
+    "atr"; a relative reference_csv is looked up in <raw>/<database>/, then in <raw>/."""
+    record_dir = raw_dir / database
+    if not record_dir.is_dir():
+        raise FileNotFoundError(f"{record_dir}: no such folder; run the fetch stage first")
+    reference = {}
+    if params.label_mode == "record":
+        ref = Path(params.reference_csv or "")
+        found = [p for p in (record_dir / ref, raw_dir / ref) if p.is_file()]
+        reference = read_reference(found[0] if found else record_dir / ref)
+    annotator = params.annotator or db.annotator or "atr"
+    return Context(params, load_label_map(Path(params.label_map)), record_dir, out_dir,
+                   annotator, reference)
+
+
+def run(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path, *,
+        databases_dir: Path = DATABASES_DIR, workers: int | None = None) -> dict:
+    """Segments every record of <raw_dir>/<database> into <out_dir>; returns the summary.
+
+    Raises:
+        ValueError: more than max_skip_fraction of the labelled segments were skipped, or none
+            was kept (summary.json is written first, index.csv and meta.json are not).
+    """
+    db = load_database(database, databases_dir)
+    ctx = _context(params, database, Path(raw_dir), Path(out_dir), db)
+    records = wfdb_io.list_records(ctx.record_dir)
+    excluded = {r: db.exclude[r] for r in records if r in db.exclude}
+    _clear(ctx.out_dir)
+    results = _process_all(ctx, [r for r in records if r not in excluded], workers)
+    summary = summarise(results, excluded, ctx.labels, params, database)
+    layout.write_json(ctx.out_dir / layout.SUMMARY, summary)
+    _check(summary, ctx.out_dir / layout.SUMMARY)
+    offset, length, _ = params.geometry()
+    layout.write_index(ctx.out_dir / layout.INDEX,
+                       pd.concat([r.index for r in results if r.index is not None]))
+    layout.write_json(ctx.out_dir / layout.META, {
+        "database": database, "label_mode": params.label_mode, "classes": ctx.labels.classes,
+        "fs": params.target_fs, "window_samples": length, "offset_samples": offset,
+        "leads": {r.record: r.lead for r in results if r.index is not None},
+        "params": params.model_dump(mode="json"),
+    })
+    log.info("%s: %d segments kept %s, %d skipped (%.2f%%)", database, summary["kept_total"],
+             summary["segments_kept"], summary["skipped_total"], 100 * summary["skip_fraction"])
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: python -m data_prep.segment --params params.yaml --raw data/raw --out data/segments."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--raw", type=Path, required=True, help="folder holding <dataset.name>/")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    data = read_yaml(args.params)
+    dataset = parse_section(data, "dataset", DatasetParams, str(args.params))
+    params = parse_section(data, "segment", SegmentParams, str(args.params))
+    run(params, dataset.name, args.raw, args.out, workers=args.workers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""The only module that imports `wfdb`: reading records and annotations, listing, downloading.
+
+Reading turns every wfdb failure (missing file, truncated signal, unparsable header, corrupt
+annotations) into a `FileNotFoundError`/`ValueError` that names the record, the file and the
+fix, so that a stage can count the record as skipped instead of stopping on a traceback.
+Downloading (used by `data_prep.fetch`) turns network failures into `PhysioNetUnreachable`
+(a `ConnectionError`) and files that PhysioNet does not serve into `FileNotFoundError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+import wfdb
+from wfdb.io import download
+from wfdb.io._url import NetFileError, NetFileNotFoundError
+
+log = logging.getLogger(__name__)
+
+RECORDS_FILE = "RECORDS"
+REFETCH = "re-run fetch (dvc repro fetch) or fix the mirror"
+
+
+class PhysioNetUnreachable(ConnectionError):
+    """physionet.org could not be reached (no network, DNS, proxy, server error)."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a record header says: sampling rate, length, lead names, signal files."""
+
+    record: str
+    fs: float
+    n_samples: int
+    sig_names: tuple[str, ...]
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """One annotation file: sample indices, symbols and aux notes (trailing NULs stripped)."""
+
+    sample: np.ndarray
+    symbol: np.ndarray
+    aux_note: np.ndarray
+
+
+@contextmanager
+def _reading(record: str, path: Path | str, fix: str) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError as err:
+        missing = err.filename or path
+        raise FileNotFoundError(f"record {record}: {missing} not found; {fix}") from None
+    except Exception as err:  # wfdb raises ValueError, IndexError, struct.error... on bad files
+        raise ValueError(
+            f"record {record}: cannot read {path} ({type(err).__name__}: {err}); {fix}"
+        ) from None
+
+
+def read_header(record_dir: Path, record: str) -> Header:
+    """Reads a record's header (.hea).
+
+    Raises:
+        FileNotFoundError: the header is missing.
+        ValueError: wfdb cannot parse it.
+    """
+    path = Path(record_dir) / f"{record}.hea"
+    with _reading(record, path, REFETCH):
+        head = wfdb.rdheader(str(Path(record_dir) / record))
+        n_samples = head.sig_len
+        if n_samples is None:  # optional in the header format: the signal file says
+            n_samples = wfdb.rdrecord(str(Path(record_dir) / record)).sig_len
+        files = getattr(head, "file_name", None) or []
+        return Header(record, float(head.fs), int(n_samples), tuple(head.sig_name or ()),
+                      tuple(dict.fromkeys(files)))
+
+
+def read_signal(record_dir: Path, record: str, channel: int) -> np.ndarray:
+    """Reads one channel in physical units; samples wfdb marks invalid come back as NaN.
+
+    Raises:
+        FileNotFoundError: the signal file is missing.
+        ValueError: the signal file is truncated or corrupt.
+    """
+    header = read_header(record_dir, record)
+    files = ", ".join(str(Path(record_dir) / f) for f in header.files) or f"{record}.dat"
+    with _reading(record, files, REFETCH):
+        rec = wfdb.rdrecord(str(Path(record_dir) / record), channels=[channel], return_res=64)
+        signal = np.asarray(rec.p_signal, dtype=np.float64)[:, 0]
+        if signal.shape[0] != header.n_samples:
+            raise ValueError(f"{signal.shape[0]} samples, header says {header.n_samples}")
+    return signal
+
+
+def read_annotations(record_dir: Path, record: str, extension: str) -> Annotations:
+    """Reads an annotation file (e.g. `.atr`).
+
+    Raises:
+        FileNotFoundError: the record has no such annotation file.
+        ValueError: the annotation file is corrupt.
+    """
+    path = Path(record_dir) / f"{record}.{extension}"
+    fix = f"{REFETCH}, or set segment.annotator to an annotator this database has"
+    with _reading(record, path, fix):
+        ann = wfdb.rdann(str(Path(record_dir) / record), extension)
+    aux = [(note or "").rstrip("\x00") for note in (ann.aux_note or [""] * len(ann.sample))]
+    return Annotations(np.asarray(ann.sample, dtype=np.int64),
+                       np.asarray(ann.symbol, dtype=str), np.asarray(aux, dtype=str))
+
+
+def list_records(record_dir: Path) -> list[str]:
+    """Record names from the RECORDS file, or from the .hea files when there is none."""
+    listing = Path(record_dir) / RECORDS_FILE
+    if listing.is_file():
+        return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    records = sorted(p.stem for p in Path(record_dir).glob("*.hea"))
+    if not records:
+        raise FileNotFoundError(
+            f"{record_dir}: no RECORDS file and no .hea files; run the fetch stage first"
+        )
+    log.warning("%s: no RECORDS file, using the %d .hea files found", record_dir, len(records))
+    return records
+
+
+# ----------------------------------------------------------------------------- download
+
+
+@contextmanager
+def _network(db: str, version: str | None, what: str) -> Iterator[None]:
+    try:
+        yield
+    except NetFileNotFoundError:
+        raise FileNotFoundError(
+            f"PhysioNet database '{db}' (version {version or 'latest'}) serves no {what}; "
+            "check the database name, version and record names"
+        ) from None
+    except (NetFileError, requests.RequestException) as err:
+        raise PhysioNetUnreachable(
+            f"cannot reach physionet.org for '{db}' ({what}): {err}; check the network, "
+            "or use a local mirror (fetch.mirror)"
+        ) from None
+
+
+def _pn_dir(db: str, version: str | None) -> str:
+    if version:
+        return f"{db}/{version}"
+    with _network(db, version, "version listing"):
+        return f"{db}/{download.get_version(db)}"
+
+
+def download_file(db: str, version: str | None, filename: str, dest_dir: Path) -> Path:
+    """Downloads one file of a PhysioNet database into `dest_dir` (keeping its subfolder).
+
+    Args:
+        db: PhysioNet short name, e.g. "mitdb".
+        version: database version, e.g. "1.0.0"; None for the latest.
+        filename: path relative to the database root, e.g. "RECORDS" or "100.hea".
+        dest_dir: local folder standing for the database root.
+
+    Returns:
+        The local path of the downloaded file (written atomically).
+
+    Raises:
+        FileNotFoundError: PhysioNet does not serve that file.
+        PhysioNetUnreachable: physionet.org cannot be reached.
+    """
+    pn_dir = _pn_dir(db, version)
+    local = Path(dest_dir) / filename
+    local.parent.mkdir(parents=True, exist_ok=True)
+    partial = local.with_name(f".{local.name}.part")
+    with _network(db, version, filename):
+        download.dl_full_file(posixpath.join(download.config.db_index_url, pn_dir, filename),
+                              str(partial))
+    partial.replace(local)
+    return local
+
+
+def download_records(db: str, version: str | None, records: list[str] | None, dest: Path) -> None:
+    """Downloads records (header, signal files, every annotator they have) into `dest`.
+
+    Args:
+        db: PhysioNet short name, e.g. "mitdb".
+        version: database version; None for the latest.
+        records: record names; None or [] for every record in the database's RECORDS file.
+        dest: local folder standing for the database root.
+
+    Raises:
+        FileNotFoundError: a requested record does not exist there.
+        PhysioNetUnreachable: physionet.org cannot be reached.
+    """
+    pn_dir = _pn_dir(db, version)
+    pinned = pn_dir.split("/", 1)[1]
+    with _network(db, pinned, "RECORDS/ANNOTATORS"):
+        names = records or download.get_record_list(pn_dir, "all")
+        annotators = download.get_annotators(pn_dir, "all") or []
+    for record in names:
+        for filename in _record_files(db, pinned, record, Path(dest)):
+            download_file(db, pinned, filename, Path(dest))
+        for extension in annotators:
+            try:
+                download_file(db, pinned, f"{record}.{extension}", Path(dest))
+            except FileNotFoundError:
+                log.debug("%s: record %s has no .%s annotations", db, record, extension)
+
+
+def _record_files(db: str, version: str, record: str, dest: Path) -> list[str]:
+    """Downloads a record's header and returns the signal files (and segment headers) it names."""
+    download_file(db, version, f"{record}.hea", dest)
+    subdir = posixpath.dirname(record)
+    with _reading(record, dest / f"{record}.hea", "the downloaded header is damaged; retry"):
+        head = wfdb.rdheader(str(dest / record))
+    if isinstance(head, wfdb.MultiRecord):  # multi-segment: fetch every segment in turn
+        segments = [s for s in head.seg_name if s != "~"]
+        return [f for s in segments for f in _record_files(db, version, posixpath.join(subdir, s),
+                                                           dest)]
+    return [posixpath.join(subdir, f) for f in dict.fromkeys(head.file_name or [])]
