@@ -1,0 +1,181 @@
+"""Metrics against hand-computed cases, sklearn, and synthetic bootstrap/calibration data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+
+from pipeline import metrics
+
+NAMES = ["N", "S", "V", "F"]
+# 8 beats of 3 records. V is never predicted; F never occurs but is predicted once.
+Y_TRUE = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+Y_PRED = np.array([0, 0, 0, 1, 1, 0, 0, 3])
+RECORDS = np.array(["a", "a", "a", "b", "b", "c", "c", "c"])
+NAN = np.nan
+
+
+def one_hot_probs(y_pred: np.ndarray, k: int, top: float = 0.7) -> np.ndarray:
+    probs = np.full((len(y_pred), k), (1 - top) / (k - 1))
+    probs[np.arange(len(y_pred)), y_pred] = top
+    return probs
+
+
+@pytest.fixture(scope="module")
+def hand() -> metrics.Evaluation:
+    return metrics.evaluate(Y_TRUE, one_hot_probs(Y_PRED, 4), NAMES, RECORDS, n_boot=200)
+
+
+def test_confusion_counts_keep_absent_class(hand):
+    expected = [[3, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0]]
+    np.testing.assert_array_equal(hand.counts, expected)
+    np.testing.assert_allclose(hand.normalised[0], [0.75, 0.25, 0, 0])
+    assert np.isnan(hand.normalised[3]).all()  # F has no true beats: undefined, not 0
+
+
+def test_ec57_rates_by_hand(hand):
+    pc = hand.per_class
+    np.testing.assert_array_equal(pc.tp, [3, 1, 0, 0])
+    np.testing.assert_array_equal(pc.fp, [2, 1, 0, 1])
+    np.testing.assert_array_equal(pc.fn, [1, 1, 2, 0])
+    np.testing.assert_array_equal(pc.tn, [2, 5, 6, 7])
+    np.testing.assert_allclose(pc.se, [0.75, 0.5, 0.0, NAN])
+    np.testing.assert_allclose(pc.ppv, [0.6, 0.5, NAN, 0.0])  # V never predicted: +P undefined
+    np.testing.assert_allclose(pc.fpr, [0.5, 1 / 6, 0.0, 1 / 8])
+    np.testing.assert_allclose(pc.f1, [6 / 9, 0.5, 0.0, 0.0])
+
+
+def test_summary_by_hand(hand):
+    s = hand.summary
+    assert s["accuracy"] == pytest.approx(0.5)
+    assert s["macro_f1"] == pytest.approx((6 / 9 + 0.5) / 4)
+    assert s["balanced_accuracy"] == pytest.approx((0.75 + 0.5 + 0) / 3)
+    assert s["n_segments"] == 8 and s["n_records"] == 3
+
+
+def test_auc_by_hand_and_absent_class(hand):
+    # N: positive scores .7 .7 .7 .1, negative .1 .7 .7 .1 -> (6 wins + 8 ties / 2) / 16
+    assert hand.per_class.auc["N"] == pytest.approx(10 / 16)
+    assert np.isnan(hand.per_class.auc["F"]) and np.isnan(hand.per_class.ap["F"])
+    assert any("class F" in note for note in hand.notes)
+    assert set(hand.roc["class"]) == {"N", "S", "V"}
+    assert hand.summary["macro_auc"] == pytest.approx(np.mean(hand.per_class.auc[:3]))
+
+
+def test_classification_report_matches(hand):
+    report = hand.report_dict
+    assert "F" in hand.report_text and "V" in hand.report_text
+    assert report["F"]["precision"] == 0.0 and np.isnan(report["F"]["recall"])
+    assert np.isnan(report["V"]["precision"])
+    assert report["macro avg"]["f1-score"] == pytest.approx(hand.summary["macro_f1"])
+
+
+def test_per_record_table(hand):
+    table = hand.per_record.set_index("record")
+    assert list(table.n) == [3, 2, 3]
+    assert list(table.n_N) == [3, 1, 0]
+    np.testing.assert_allclose(table.accuracy, [1.0, 0.5, 0.0])
+    np.testing.assert_allclose(table.loc["b", ["N_se", "N_ppv", "S_se", "S_ppv"]],
+                               [0.0, NAN, 1.0, 0.5])
+    assert np.isnan(table.loc["a", "S_se"])
+
+
+def test_metrics_tree_is_json_with_nulls(hand):
+    tree = {"test": hand.metrics_tree()}
+    text = json.dumps(metrics.nan_to_none(tree), allow_nan=False)
+    loaded = json.loads(text)
+    assert loaded["test"]["F"]["se"] is None and loaded["test"]["V"]["ppv"] is None
+    assert loaded["test"]["S"]["se"] == 0.5 and loaded["test"]["N"]["tp"] == 3
+    flat = metrics.flatten_metrics(tree)
+    for key in ("test_macro_f1", "test_macro_f1_ci_low", "test_S_se", "test_S_se_ci_high"):
+        assert key in flat
+
+
+def synthetic(n_records: int, beats: int = 200, seed: int = 0, k: int = 3):
+    """Records whose skill differs (patients are not alike), softmax-like probabilities."""
+    rng = np.random.default_rng(seed)
+    records = np.repeat([f"r{i}" for i in range(n_records)], beats)
+    y = rng.choice(k, size=len(records), p=[0.7, 0.2, 0.1][:k])
+    skill = np.repeat(rng.uniform(0.5, 3.0, n_records), beats)
+    logits = rng.normal(size=(len(y), k))
+    logits[np.arange(len(y)), y] += skill
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, probs, records
+
+
+@pytest.mark.filterwarnings("error")
+def test_agrees_with_sklearn():
+    y, probs, records = synthetic(12)
+    probs = probs.astype(np.float32)  # as a model returns them: rows sum to 1 +- 1e-7
+    ev = metrics.evaluate(y, probs, ["N", "S", "V"], records, n_boot=0)
+    pred = probs.argmax(axis=1)
+    assert ev.summary["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert ev.summary["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    np.testing.assert_allclose(ev.per_class.se, recall_score(y, pred, average=None))
+    assert "accuracy_ci_low" not in ev.summary
+
+
+def width(ev: metrics.Evaluation, stat: str) -> float:
+    return ev.summary[f"{stat}_ci_high"] - ev.summary[f"{stat}_ci_low"]
+
+
+def test_bootstrap_contains_point_and_narrows_with_records():
+    names = ["N", "S", "V"]
+    few, many = (
+        metrics.evaluate(y, probs, names, records, n_boot=1000, seed=3)
+        for y, probs, records in (synthetic(8, seed=1), synthetic(120, seed=1))
+    )
+    for ev in (few, many):
+        for stat in metrics.SUMMARY_STATS:
+            assert ev.summary[f"{stat}_ci_low"] <= ev.summary[stat] <= ev.summary[f"{stat}_ci_high"]
+        pc = ev.per_class
+        assert ((pc.se_ci_low <= pc.se) & (pc.se <= pc.se_ci_high)).all()
+        assert ((pc.ppv_ci_low <= pc.ppv) & (pc.ppv <= pc.ppv_ci_high)).all()
+    for stat in metrics.SUMMARY_STATS:
+        assert width(many, stat) < width(few, stat) / 2
+
+
+def test_bootstrap_resamples_records_not_beats():
+    # One record: every draw is that record, so the interval collapses onto the estimate.
+    y, probs, _ = synthetic(1, beats=500)
+    ev = metrics.evaluate(y, probs, ["N", "S", "V"], np.full(len(y), "r0"), n_boot=100)
+    assert width(ev, "accuracy") == pytest.approx(0.0)
+
+
+def test_bootstrap_is_seeded_and_nan_when_never_defined():
+    per_record = np.zeros((3, 2, 2), dtype=np.int64)
+    per_record[:, 0, 0] = [5, 3, 4]  # class 1 never occurs nor is predicted
+    a = metrics.bootstrap_intervals(per_record, n_boot=50, seed=7)
+    b = metrics.bootstrap_intervals(per_record, n_boot=50, seed=7)
+    np.testing.assert_array_equal(a["se"], b["se"])
+    assert np.isnan(a["se"][:, 1]).all() and np.isnan(a["ppv"][:, 1]).all()
+
+
+def test_ece_calibrated_near_zero_overconfident_large():
+    rng = np.random.default_rng(0)
+    n, k = 40_000, 3
+    confidence = rng.uniform(1 / k, 1.0, n)
+    pred = rng.integers(0, k, n)
+    probs = np.repeat(((1 - confidence) / (k - 1))[:, None], k, axis=1)
+    probs[np.arange(n), pred] = confidence
+    hit = rng.uniform(size=n) < confidence  # correct with exactly the stated probability
+    y = np.where(hit, pred, (pred + rng.integers(1, k, n)) % k)
+    ece, bins = metrics.calibration(y, probs)
+    assert ece < 0.02
+    assert bins["count"].sum() == n and len(bins) == 15
+    assert np.isnan(bins.accuracy[0])  # no confidence below 1/3: empty bins are NaN
+    overconfident = one_hot_probs(pred, k, top=0.99)
+    y_wrong = np.where(rng.uniform(size=n) < 0.6, pred, (pred + 1) % k)
+    assert metrics.calibration(y_wrong, overconfident)[0] == pytest.approx(0.39, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    ("probs", "message"),
+    [(np.full((8, 3), 1 / 3), "expected"), (np.full((8, 4), 2.0), "softmax")],
+)
+def test_bad_input_names_the_fix(probs, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.evaluate(Y_TRUE, probs, NAMES, RECORDS)

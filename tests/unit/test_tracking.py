@@ -1,0 +1,232 @@
+"""MLflow tracking against a local sqlite store and a real `mlflow server` on loopback.
+
+`mlflow_server` starts a real server (sqlite backend, proxied artifacts) in a temporary
+folder once per session; move it to conftest.py when other test files need it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from pipeline import provenance, tracking
+
+REPO = Path(__file__).resolve().parents[2]
+MLFLOW = Path(sys.executable).with_name("mlflow")
+SERVER_START_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_mlflow_server(root: Path, timeout: float = SERVER_START_S) -> Iterator[str]:
+    """Runs `mlflow server` on a free loopback port until the block ends; yields its URL."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+               "--artifacts-destination", str(root / "artifacts")]
+    # The server's background job runner starts seven worker processes that only slow the
+    # start; tracking needs none of them.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log_path = root / "server.log"
+    with log_path.open("wb") as log_file:
+        # Own process group: the server forks workers, and all of them must go at the end.
+        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                  cwd=root, env=env, start_new_session=True)
+    try:
+        _wait_healthy(url, server, log_path, timeout)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            tail = log_path.read_text()[-3000:]
+            pytest.fail(f"mlflow server exited ({server.returncode}):\n{tail}")
+        try:
+            tracking.check_tracking_server(url, timeout=1.0)
+            return
+        except tracking.TrackingServerError:
+            time.sleep(0.5)
+    pytest.fail(f"mlflow server not healthy after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """URL of a real MLflow tracking server on loopback, for the whole session."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory) -> Path:
+    # One store per module: creating an mlflow sqlite database takes seconds.
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture
+def uri(store_dir, monkeypatch) -> str:
+    """A sqlite store, set through the environment as users do.
+
+    The working directory moves too: a sqlite store puts artifacts in ./mlruns.
+    """
+    monkeypatch.chdir(store_dir)
+    uri = f"sqlite:///{store_dir / 'mlflow.db'}"
+    monkeypatch.setenv(tracking.URI_ENV, uri)
+    return uri
+
+
+def test_uri_resolution(monkeypatch):
+    monkeypatch.delenv(tracking.URI_ENV, raising=False)
+    assert tracking.tracking_uri() == "sqlite:///mlflow.db"
+    monkeypatch.setenv(tracking.URI_ENV, "http://example:5000")
+    assert tracking.tracking_uri() == "http://example:5000"
+    assert tracking.tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_flatten_params():
+    long = "x" * 7000
+    flat = tracking.flatten_params(
+        {"train": {"lr": 1e-3, "freeze": "partial", "band": [0.5, 40.0], "w": None}, "v": long}
+    )
+    assert flat["train.lr"] == "0.001" and flat["train.freeze"] == "partial"
+    assert flat["train.band"] == "[0.5, 40.0]" and flat["train.w"] == "null"
+    assert len(flat["v"]) == 6000 and flat["v"].endswith("...")
+
+
+def test_source_info(tmp_path):
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(
+        "schema: '2.0'\nstages:\n  spectrogram:\n    cmd: x\n    outs:\n"
+        "    - path: data/spectrograms\n      hash: md5\n      md5: abc123.dir\n"
+        "    - path: reports/x.json\n      md5: def\n"
+    )
+    assert provenance.dvc_data_version(lock) == {"data/spectrograms": "abc123.dir"}
+    assert provenance.dvc_data_version(tmp_path / "none.lock") == {}
+    assert provenance.git_commit(tmp_path) is None
+    commit = provenance.git_commit(REPO)
+    assert commit is None or len(commit) == 40
+    assert provenance.source_info(tmp_path, lock) == {"dvc.data/spectrograms": "abc123.dir"}
+
+
+def test_run_lifecycle_sqlite(uri, tmp_path):
+    run_id = tracking.start_run("unit", "r1", {"train": {"epochs": 2}}, {"stage": "train"})
+    for epoch, loss in enumerate([0.9, 0.5]):
+        tracking.log_epoch_metrics(run_id, {"train_loss": loss, "val": {"macro_f1": 0.4}}, epoch)
+    tracking.log_final_metrics(run_id, {"test": {"macro_f1": 0.5, "S": {"se": 0.7, "ppv": None}}})
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "a.png").write_bytes(b"png")
+    tracking.log_artifacts(run_id, tmp_path / "plots", "plots")
+    tracking.log_dict(run_id, {"se": float("nan")}, "metrics.json")
+    tracking.end_run(run_id)
+
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"train.epochs": "2"}
+    assert run.data.metrics == {"train_loss": 0.5, "val_macro_f1": 0.4,
+                                "test_macro_f1": 0.5, "test_S_se": 0.7}
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0, 1]
+    assert run.data.tags["stage"] == "train"
+    local = client.download_artifacts(run_id, "metrics.json", str(tmp_path))
+    assert json.loads(Path(local).read_text()) == {"se": None}
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/a.png"]
+
+
+def test_resume_in_another_process(uri):
+    run_id = tracking.start_run("unit", "train-then-evaluate", source_tags=False)
+    code = (
+        "import sys; from pipeline import tracking as t; r = sys.argv[1]; t.resume_run(r); "
+        "t.log_final_metrics(r, {'test': {'accuracy': 0.9}}); t.end_run(r)"
+    )
+    subprocess.run([sys.executable, "-c", code, run_id], cwd=REPO, check=True, timeout=120,
+                   env={**os.environ, tracking.URI_ENV: uri})
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"test_accuracy": 0.9}
+
+
+def test_errors_name_the_fix(uri):
+    with pytest.raises(ValueError, match="same MLFLOW_TRACKING_URI"):
+        tracking.resume_run("0" * 32)
+    run_id = tracking.start_run("unit", "fails", source_tags=False)
+    with pytest.raises(RuntimeError), tracking.fail_on_error(run_id):
+        raise RuntimeError("training diverged")
+    assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        tracking.log_artifacts(run_id, Path("/nonexistent/plot.png"))
+    with pytest.raises(ValueError, match="FINISHED"):
+        tracking.end_run(run_id, "DONE")
+
+
+def test_pytorch_model_signature_and_registry(uri):
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    run_id = tracking.start_run("unit", "with-model", source_tags=False)
+    example = np.zeros((2, 3, 2, 2), dtype=np.float32)
+    model_uri = tracking.log_pytorch_model(run_id, model, example)
+    version = tracking.register_model(run_id, "model", "ecg-unit", alias="champion")
+    client = MlflowClient(uri)
+    assert client.get_model_version_by_alias("ecg-unit", "champion").version == int(version)
+    assert client.get_logged_model(model_uri.removeprefix("models:/")).source_run_id == run_id
+    signature = mlflow.models.get_model_info(model_uri).signature
+    assert signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 2, 2)
+    assert signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3)
+
+
+def test_unreachable_server_fails_fast():
+    url = f"http://127.0.0.1:{free_port()}"  # bound then released: nothing listens
+    start = time.monotonic()
+    with pytest.raises(tracking.TrackingServerError, match="unset MLFLOW_TRACKING_URI") as err:
+        tracking.check_tracking_server(url)
+    assert url in str(err.value) and time.monotonic() - start < 5
+    tracking.check_tracking_server("sqlite:///mlflow.db")  # local stores need no server
+
+
+def test_real_server_round_trip(mlflow_server, monkeypatch, tmp_path):
+    monkeypatch.setenv(tracking.URI_ENV, mlflow_server)
+    tracking.check_tracking_server()
+    run_id = tracking.start_run("server", "r1", {"model": {"name": "resnet18"}}, {"k": "v"})
+    tracking.log_epoch_metrics(run_id, {"val_macro_f1": 0.3}, epoch=0)
+    tracking.log_final_metrics(run_id, {"test": {"V": {"se": 0.8}}})
+    report = tmp_path / "classification_report.txt"
+    report.write_text("precision recall\n")
+    tracking.log_artifacts(run_id, [report], "reports")
+    tracking.log_text(run_id, "hello", "notes/hello.txt")
+    tracking.end_run(run_id)
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"model.name": "resnet18"} and run.data.tags["k"] == "v"
+    assert run.data.metrics == {"val_macro_f1": 0.3, "test_V_se": 0.8}
+    assert [a.path for a in client.list_artifacts(run_id, "reports")] == [
+        "reports/classification_report.txt"
+    ]
+    local = client.download_artifacts(run_id, "notes/hello.txt", str(tmp_path))
+    assert Path(local).read_text() == "hello"
