@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 INDEX = "index.csv"
@@ -63,12 +64,38 @@ def shard_path(folder: Path, record: str) -> Path:
     return folder / SHARDS / f"{record}.npy"
 
 
+@contextmanager
+def shard_writer(
+    folder: Path, record: str, shape: tuple[int, ...], dtype: npt.DTypeLike
+) -> Iterator[Callable[[np.ndarray], None]]:
+    """Streams one record's .npy shard chunk by chunk; it appears only once complete.
+
+    Memory stays at one chunk whatever the record length (a 24 h Holter record gives GBs of
+    images). Yields `write(chunk)`; chunks are rows along the first axis, in order.
+    """
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": shape}
+    rows = 0
+    with atomic_path(shard_path(folder, record)) as tmp, tmp.open("wb") as fh:
+        np.lib.format.write_array_header_2_0(fh, header)
+
+        def write(chunk: np.ndarray) -> None:
+            nonlocal rows
+            assert chunk.shape[1:] == shape[1:], (chunk.shape, shape)
+            fh.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
+            rows += len(chunk)
+
+        yield write
+        if rows != shape[0]:
+            raise ValueError(f"shard of record {record}: wrote {rows} rows, expected {shape[0]}")
+
+
 def save_shard(folder: Path, record: str, array: np.ndarray) -> Path:
     """Writes one record's array shard atomically and returns its path."""
-    path = shard_path(folder, record)
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:
-        np.save(fh, array)
-    return path
+    with shard_writer(folder, record, array.shape, array.dtype) as write:
+        write(array)
+    return shard_path(folder, record)
 
 
 def load_shard(folder: Path, record: str, mmap: bool = True) -> np.ndarray:

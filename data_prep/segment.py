@@ -299,7 +299,10 @@ def _process_all(ctx: Context, records: list[str], workers: int | None) -> list[
 def summarise(results: list[RecordResult], excluded: dict[str, str], labels: LabelMap,
               params: SegmentParams, database: str) -> dict:
     """Counts of everything kept and left out, as written to summary.json."""
-    kept, skipped, non_beat, unknown = Counter(), Counter(), Counter(), Counter()
+    kept: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    non_beat: Counter[str] = Counter()
+    unknown: Counter[str] = Counter()
     per_record = {}
     for res in results:
         seg = res.segments or Segments(*(np.empty(0),) * 3)
