@@ -1,0 +1,347 @@
+"""Training loop: optimiser, per-step cosine schedule, metrics, model selection, resume.
+
+`fit` trains any module (a whole network on images, or just a head on cached features) on
+the batches of a training loader, validates every epoch, keeps the best epoch by validation
+macro-F1, stops early after `patience` epochs without improvement and checkpoints after every
+epoch through `pipeline.checkpoint`, resuming from it when called again. `predict` and
+`classification_metrics` are reused by the evaluate stage.
+
+Reproducibility: every epoch starts by re-seeding python, numpy, torch and the sampler's
+generator from (seed, epoch), so the random stream of an epoch does not depend on what ran
+before it and a resumed run repeats the uninterrupted one (bit-exact on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pipeline.checkpoint import Checkpointer
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[list[dict[str, float]]], None]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Optimisation settings of one run (see the `train:` section of params.yaml)."""
+
+    epochs: int
+    lr: float
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    patience: int = 0  # epochs without val macro-F1 gain before stopping; 0 = never stop early
+    seed: int = 0
+
+
+@dataclass
+class FitResult:
+    """What `fit` did: per-epoch history and the selected epoch."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = -1.0
+    stopped_early: bool = False
+    resumed_after: int | None = None
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds legacy global users)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed seed for one epoch (seed 1/epoch 2 and seed 2/epoch 1 differ)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device is 'cuda' but no CUDA device is visible; use auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed 224x224 inputs: pick the fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def make_optimizer(
+    param_groups: list[dict[str, Any]], cfg: FitConfig
+) -> torch.optim.Optimizer:
+    """AdamW or SGD with Nesterov momentum over the given parameter groups."""
+    if not any(p.requires_grad for g in param_groups for p in g["params"]):
+        raise ValueError("no trainable parameters: check train.freeze / trainable_groups")
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+            weight_decay=cfg.weight_decay,
+        )
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'adamw' or 'sgd'")
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: FitConfig, steps_per_epoch: int
+) -> LambdaLR:
+    """Linear warmup then cosine decay to 0, stepped per iteration.
+
+    A factor on each group's own initial `lr`, so per-group learning rates (layer-wise decay
+    from `freeze.param_groups`, which sets each group's `lr` to lr x lr_scale) keep their
+    ratios. (timm's CosineLRScheduler would multiply by `lr_scale` a second time.)
+    """
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    return LambdaLR(optimizer, partial(warmup_cosine, warmup=warmup, total=total))
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR factor at `step`: linear from ~0 to 1 over `warmup` steps, then cosine to 0."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class WeightedCrossEntropy(nn.Module):
+    """Cross-entropy with label smoothing, each sample weighted by its true class's weight.
+
+    Normalised by the sum of the batch's weights, like torch's weighted cross-entropy. Unlike
+    `nn.CrossEntropyLoss(weight=..., label_smoothing=...)`, the smoothing term is not weighted
+    per class: there, a rare class's large weight pulls every sample's probability towards it.
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(
+            logits, targets, reduction="none", label_smoothing=self.label_smoothing
+        )
+        if self.weight is None:
+            return loss.mean()
+        w = self.weight[targets]
+        return (loss * w).sum() / w.sum()
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Loss (plain cross-entropy), accuracy and macro-F1 over the classes that occur."""
+    preds = logits.argmax(1)
+    y_true, y_pred = targets.cpu().numpy(), preds.cpu().numpy()
+    return {
+        "loss": float(nn.functional.cross_entropy(logits.float(), targets)),
+        "acc": float((preds == targets).float().mean()),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+    }
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (no loss scaling needed); full precision on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def model_input(
+    x: torch.Tensor, device: torch.device, prepare: nn.Module | None
+) -> torch.Tensor:
+    """Non-blocking copy (the loader pins memory on CUDA), preprocessing on the device, and
+    channels_last for image batches on CUDA. Half-precision cached features become float32."""
+    x = x.to(device, non_blocking=True)
+    if prepare is not None:
+        x = prepare(x)
+    elif x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    if device.type == "cuda" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.no_grad()
+def predict(
+    module: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    prepare: nn.Module | None = None,
+    desc: str = "predict",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode float32 logits and targets (on `device`) of every batch in `loader`."""
+    module.eval()
+    if prepare is not None:
+        prepare.eval()
+    logits, targets = [], []
+    for x, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        with autocast(device):
+            out = module(model_input(x, device, prepare))
+        logits.append(out.float())
+        targets.append(y.to(device, non_blocking=True))
+    return torch.cat(logits), torch.cat(targets)
+
+
+@dataclass
+class _Loop:
+    """Objects of one fit() call that every epoch uses."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    criterion: nn.Module
+    device: torch.device
+    prepare: nn.Module | None
+    step: int = 0
+
+
+def train_epoch(loop: _Loop, loader: DataLoader, desc: str) -> dict[str, float]:
+    """One pass over `loader`; returns the epoch's training loss, accuracy and macro-F1."""
+    loop.module.train()
+    if loop.prepare is not None:
+        loop.prepare.train()
+    total_loss, count, logits_all, targets_all = 0.0, 0, [], []
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    for x, y in bar:
+        y = y.to(loop.device, non_blocking=True)
+        with autocast(loop.device):
+            logits = loop.module(model_input(x, loop.device, loop.prepare))
+            loss = loop.criterion(logits.float(), y)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        loop.step += 1
+        loop.scheduler.step()
+        total_loss += float(loss.detach()) * len(y)  # one sync per step is cheap next to a CNN
+        count += len(y)
+        logits_all.append(logits.detach().float())
+        targets_all.append(y)
+        bar.set_postfix(loss=f"{total_loss / count:.4f}")
+    metrics = classification_metrics(torch.cat(logits_all), torch.cat(targets_all))
+    metrics["loss"] = total_loss / max(count, 1)  # the optimised objective, not plain CE
+    return metrics
+
+
+def fit(
+    module: nn.Module,
+    param_groups: list[dict[str, Any]],
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    cfg: FitConfig,
+    device: torch.device,
+    checkpointer: Checkpointer,
+    prepare: nn.Module | None = None,
+    class_weights: torch.Tensor | None = None,
+    sampler_generator: torch.Generator | None = None,
+    on_epoch_end: EpochCallback | None = None,
+) -> FitResult:
+    """Trains `module`, resuming from `checkpointer` when it holds this run's last epoch.
+
+    Args:
+        module: what is trained and checkpointed (a network, or a head on cached features).
+        param_groups: optimiser groups over `module`'s parameters (`freeze.param_groups`).
+        train_loader: training batches (x, y); x goes through `prepare` on the device.
+        val_loader: validation batches, used for model selection on macro-F1.
+        cfg: optimisation settings.
+        device: where to train.
+        checkpointer: writes the state after each epoch and restores it.
+        prepare: device-side input module (`transforms.ModelInput`), or None for features.
+        class_weights: per-class loss weights (weighted loss), or None.
+        sampler_generator: the training sampler's generator, re-seeded every epoch.
+        on_epoch_end: called with the history so far after each epoch's checkpoint is written.
+
+    Returns:
+        The history and the best epoch; the module is left with the best epoch's weights.
+    """
+    module.to(device)
+    if device.type == "cuda":
+        module.to(memory_format=torch.channels_last)
+    if prepare is not None:
+        prepare.to(device)
+    optimizer = make_optimizer(param_groups, cfg)
+    scheduler = make_scheduler(optimizer, cfg, len(train_loader))
+    criterion = WeightedCrossEntropy(class_weights, cfg.label_smoothing).to(device)
+    loop = _Loop(module, optimizer, scheduler, criterion, device, prepare)
+    result = FitResult()
+    state = checkpointer.load(module, optimizer)
+    if state is not None:
+        scheduler.load_state_dict(state["scheduler"])
+        loop.step = state["step"]
+        result = FitResult(
+            history=state["history"], best_epoch=state["best_epoch"],
+            best_score=state["best_score"], stopped_early=state["stopped_early"],
+            resumed_after=state["epoch"],
+        )
+    start = len(result.history)
+    for epoch in range(start, cfg.epochs):
+        if result.stopped_early:
+            break
+        seed = epoch_seed(cfg.seed, epoch)
+        seed_everything(seed)
+        if sampler_generator is not None:
+            sampler_generator.manual_seed(seed)
+        row = _run_epoch(loop, train_loader, val_loader, epoch, cfg.epochs)
+        result.history.append(row)
+        improved = row["val_macro_f1"] > result.best_score
+        if improved:
+            result.best_epoch, result.best_score = epoch + 1, row["val_macro_f1"]
+        patience_out = cfg.patience > 0 and epoch + 1 - result.best_epoch >= cfg.patience
+        result.stopped_early = patience_out and epoch + 1 < cfg.epochs
+        checkpointer.save(epoch + 1, module, optimizer, _state(result, loop), improved)
+        if on_epoch_end is not None:
+            on_epoch_end(result.history)
+    if result.stopped_early:
+        log.info("early stop: no val macro-F1 gain for %d epochs", cfg.patience)
+    checkpointer.load_best(module)
+    log.info("best epoch %d: val macro-F1 %.4f", result.best_epoch, result.best_score)
+    return result
+
+
+def _run_epoch(
+    loop: _Loop, train_loader: DataLoader, val_loader: DataLoader, epoch: int, epochs: int
+) -> dict[str, float]:
+    lr = max(g["lr"] for g in loop.optimizer.param_groups)  # the head's, at the epoch's start
+    train = train_epoch(loop, train_loader, desc=f"epoch {epoch + 1}/{epochs}")
+    logits, targets = predict(loop.module, val_loader, loop.device, loop.prepare, "val")
+    val = classification_metrics(logits, targets)
+    row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train.items()}}
+    row |= {f"val_{k}": v for k, v in val.items()} | {"lr": lr}
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f F1 %.4f | val loss %.4f acc %.4f F1 %.4f",
+        epoch + 1, epochs, row["train_loss"], row["train_acc"], row["train_macro_f1"],
+        row["val_loss"], row["val_acc"], row["val_macro_f1"],
+    )
+    return row
+
+
+def _state(result: FitResult, loop: _Loop) -> dict[str, Any]:
+    return {
+        "step": loop.step,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_score": result.best_score,
+        "stopped_early": result.stopped_early,
+        "scheduler": loop.scheduler.state_dict(),
+    }

@@ -1,0 +1,344 @@
+"""Train stage: fine-tune one timm CNN on the spectrogram images.
+
+Reads `data/spectrograms/` (index.csv, meta.json, shards/) and `data/splits/assignment.csv`;
+params from the `train:` section of params.yaml. Writes to `models/<run>/`:
+
+- `model.safetensors`: the best epoch's full model (selected on val macro-F1);
+- `checkpoint/`: the last epoch's resumable state (re-running the same command resumes);
+- `history.csv`: per-epoch train/val loss, accuracy, macro-F1 and lr (`dvc plots`);
+- `metrics.json`: best val macro-F1 and friends (`dvc metrics`);
+- `resolved_config.json`: params, classes, preprocessing spec, weights source, freeze report,
+  device, versions;
+- `features/`: frozen mode's cached backbone features (unless train.feature_cache_dir is set).
+
+Run: `python -m pipeline.train --params params.yaml --backbone vgg16.tv_in1k --freeze frozen
+--spectrograms data/spectrograms --splits data/splits --out models/vgg16.tv_in1k-frozen`
+(dvc.yaml runs it for every backbone x freeze mode in `train.backbones` x `train.freeze_modes`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+from pydantic import Field, model_validator
+from torch.utils.data import Dataset
+
+from data_prep.layout import atomic_path, write_json
+from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
+from pipeline import data, features
+from pipeline.checkpoint import Checkpointer, save_weights
+from pipeline.engine import FitConfig, FitResult, fit, resolve_device
+from pipeline.freeze import FreezeReport, apply_freeze, feature_extractor, param_groups
+from pipeline.models import WeightsSource, build_model, model_data_config, resolve_weights
+from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
+
+log = logging.getLogger(__name__)
+
+FreezeMode = Literal["frozen", "partial", "full"]
+MATRIX_KEYS = ("backbones", "freeze_modes")  # choose the DVC matrix runs, not one run's result
+MODEL, HISTORY, METRICS, RESOLVED, CHECKPOINT = (
+    "model.safetensors", "history.csv", "metrics.json", "resolved_config.json", "checkpoint"
+)
+CODE_MODULES = ("train", "engine", "checkpoint", "data", "features", "transforms", "models",
+                "freeze")  # the pipeline modules in the DVC stage's deps
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "train_macro_f1",
+                   "val_loss", "val_acc", "val_macro_f1", "lr")
+
+
+class AugmentParams(StrictModel):
+    """SpecAugment-style masks (pixels); 0 turns a mask off."""
+
+    time_mask: int = Field(ge=0)
+    freq_mask: int = Field(ge=0)
+    num_masks: int = Field(ge=0)
+
+
+class TrainParams(StrictModel):
+    """The `train:` section of params.yaml (the comments there say why each value)."""
+
+    backbones: list[str] = Field(min_length=1)
+    freeze_modes: list[FreezeMode] = Field(min_length=1)
+    weights: str
+    weights_dir: str | None = None
+    trainable_groups: int = Field(ge=1)
+    pre_logits: Literal["frozen", "trainable"]
+    channels: Literal["grey3", "in_chans1"]
+    optimizer: Literal["adamw", "sgd"]
+    lr: dict[FreezeMode, float]
+    layer_decay: float | None = Field(gt=0, le=1)
+    weight_decay: float = Field(ge=0)
+    momentum: float = Field(ge=0, lt=1)
+    epochs: int = Field(ge=1)
+    warmup_epochs: float = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    label_smoothing: float = Field(ge=0, lt=1)
+    imbalance: Literal["weighted_loss", "balanced_sampler", "none"]
+    patience: int = Field(ge=0)
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    num_workers: int | None = Field(default=None, ge=0)
+    max_per_class: dict[Literal["train", "val"], int | None] = Field(default_factory=dict)
+    cache_features: bool
+    feature_cache_dir: str | None = None
+    feature_dtype: Literal["float16", "float32"]
+    augment: AugmentParams
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainParams:
+        missing = [m for m in self.freeze_modes if m not in self.lr]
+        if missing:
+            raise ValueError(f"lr has no value for freeze modes {missing}")
+        if any(v is not None and v < 1 for v in self.max_per_class.values()):
+            raise ValueError("max_per_class values must be >= 1, or null for no cap")
+        return self
+
+
+@dataclass
+class _Setup:
+    """Everything one run builds before training."""
+
+    model: torch.nn.Module
+    weights: WeightsSource
+    report: FreezeReport
+    spec: dict
+    prepare: ModelInput
+
+    @property
+    def weights_id(self) -> str:
+        return self.weights.sha256 or self.weights.describe()
+
+
+def run(
+    params: TrainParams,
+    backbone: str,
+    freeze: FreezeMode,
+    spectrograms: Path,
+    splits: Path,
+    out: Path,
+) -> dict:
+    """Trains one backbone x freeze-mode run and writes its outputs to `out`.
+
+    Returns:
+        The metrics written to metrics.json.
+    """
+    started = time.monotonic()
+    meta = data.read_meta(spectrograms)
+    classes = list(meta["classes"])
+    frame = data.load_split_index(spectrograms, splits, classes)
+    frame = data.cap_per_class(frame, params.max_per_class, params.seed)
+    frames = {split: data.split_frame(frame, split, splits) for split in ("train", "val")}
+    device = resolve_device(params.device)
+    setup = _build(params, backbone, freeze, len(classes), int(meta["image_size"]))
+    cached = freeze == "frozen" and params.cache_features
+    if cached and setup.prepare.augment.enabled:
+        raise ValueError(
+            "train.augment masks change every epoch, but frozen mode caches features once: set "
+            "train.cache_features=false to recompute features each epoch, or turn the masks off"
+        )
+    data_version = features.data_fingerprint(spectrograms, splits, frame)
+    fingerprint = features.cache_key(
+        params=params.model_dump(exclude=set(MATRIX_KEYS)), backbone=backbone, freeze=freeze,
+        data=data_version, weights=setup.weights_id, spec=setup.spec, code=_code_version(),
+    )
+    train_sets = _train_sets(params, setup, backbone, spectrograms, frames, device, cached,
+                             data_version, out)
+    targets = frames["train"]["target"].to_numpy()
+    weight = (data.class_weights(targets, len(classes))
+              if params.imbalance == "weighted_loss" else None)
+    result = _fit(params, freeze, setup.model, train_sets, targets, device, weight,
+                  Checkpointer(out / CHECKPOINT, fingerprint), out / HISTORY)
+    save_weights(setup.model, out / MODEL)  # no metadata: its order varies, the bytes would too
+    metrics = _metrics(result, frames, time.monotonic() - started)
+    write_json(out / METRICS, metrics)
+    write_json(out / RESOLVED, {
+        "stage": "train", "backbone": backbone, "freeze": freeze, "params": params.model_dump(),
+        "classes": classes, "preprocessing": setup.spec,
+        "weights": {**asdict(setup.weights), "describe": setup.weights.describe()},
+        "freeze_report": asdict(setup.report), "device": str(device), "seed": params.seed,
+        "num_workers": train_sets.workers, "data_version": data_version, "fingerprint": fingerprint,
+        "class_weights": weight.tolist() if weight is not None else None,
+        "counts": _counts(frame, classes), "cached_features": cached, "versions": _versions(),
+    })
+    log.info("wrote %s: best val macro-F1 %.4f at epoch %d",
+             out, metrics["best_val_macro_f1"], metrics["best_epoch"])
+    return metrics
+
+
+@dataclass
+class _TrainSets:
+    """What the loop trains and on what: a head on cached features, or the model on images."""
+
+    module: torch.nn.Module
+    sets: dict[str, Dataset]
+    prepare: ModelInput | None  # device-side image input; None for features
+    workers: int
+    batch_index: bool  # cached features are gathered a whole batch at a time
+
+
+def _train_sets(
+    params: TrainParams,
+    setup: _Setup,
+    backbone: str,
+    spectrograms: Path,
+    frames: dict[str, pd.DataFrame],
+    device: torch.device,
+    cached: bool,
+    data_version: str,
+    out: Path,
+) -> _TrainSets:
+    workers = data.resolve_workers(params.num_workers, device)
+    if not cached:
+        sets = {s: data.SpectrogramDataset(spectrograms, df) for s, df in frames.items()}
+        return _TrainSets(setup.model, sets, setup.prepare, workers, batch_index=False)
+    key = features.cache_key(backbone=backbone, weights=setup.weights_id, spec=setup.spec,
+                             pre_logits=params.pre_logits, data=data_version,
+                             seed=params.seed if setup.weights.kind == "random" else None)
+    feature_fn, head = feature_extractor(setup.model, params.pre_logits)
+    setup.model.to(device).eval()
+    if device.type == "cuda":
+        setup.model.to(memory_format=torch.channels_last)
+    sets = features.feature_datasets(
+        feature_fn,
+        {s: data.SpectrogramDataset(spectrograms, df) for s, df in frames.items()},
+        Path(params.feature_cache_dir or out / "features") / f"{backbone}-{key}",
+        device, setup.prepare.preprocess,
+        batch_size=2 * params.batch_size,  # no gradients to keep: twice the batch fits
+        workers=workers, dtype=params.feature_dtype,
+    )
+    return _TrainSets(head, sets, None, workers=0, batch_index=True)
+
+
+def _fit(
+    params: TrainParams,
+    freeze: FreezeMode,
+    model: torch.nn.Module,
+    train_sets: _TrainSets,
+    targets: np.ndarray,
+    device: torch.device,
+    weight: torch.Tensor | None,
+    checkpointer: Checkpointer,
+    history: Path,
+) -> FitResult:
+    """Loaders, optimiser groups and the training loop; history.csv after every epoch."""
+    gen = torch.Generator().manual_seed(params.seed)
+    sampler = data.train_sampler(targets, params.imbalance == "balanced_sampler", gen)
+    loaders = {
+        split: data.make_loader(
+            ds, params.batch_size, device, params.seed, num_workers=train_sets.workers,
+            batch_index=train_sets.batch_index, sampler=sampler if split == "train" else None,
+        )
+        for split, ds in train_sets.sets.items()
+    }
+    cfg = _fit_config(params, freeze)
+    layer_decay = params.layer_decay if freeze != "frozen" else None  # one head: no layers
+    result = fit(
+        train_sets.module, param_groups(model, cfg.lr, cfg.weight_decay, layer_decay),
+        loaders["train"], loaders["val"], cfg, device, checkpointer,
+        prepare=train_sets.prepare, class_weights=weight, sampler_generator=gen,
+        on_epoch_end=partial(write_history, history),
+    )
+    write_history(history, result.history)
+    return result
+
+
+def _build(
+    params: TrainParams, backbone: str, freeze: FreezeMode, num_classes: int, image_size: int
+) -> _Setup:
+    """Resolves the weights (failing early when offline without them), builds and freezes."""
+    weights_dir = Path(params.weights_dir) if params.weights_dir else None
+    weights = resolve_weights(backbone, params.weights, weights_dir)
+    log.info("weights for %s: %s", backbone, weights.describe())
+    torch.manual_seed(params.seed)  # the new classifier (and random weights) are seeded too
+    extra = {"in_chans": 1} if params.channels == "in_chans1" else {}
+    model = build_model(backbone, num_classes, weights, **extra)
+    report = apply_freeze(model, freeze, params.trainable_groups, params.pre_logits)
+    log.info("freeze %s", report.summary())
+    spec = preprocess_spec(model_data_config(model), params.channels, image_size)
+    prepare = ModelInput(Preprocess.from_spec(spec), SpecAugment(**params.augment.model_dump()))
+    return _Setup(model, weights, report, spec, prepare)
+
+
+def _fit_config(params: TrainParams, freeze: FreezeMode) -> FitConfig:
+    return FitConfig(
+        epochs=params.epochs, lr=params.lr[freeze], optimizer=params.optimizer,
+        weight_decay=params.weight_decay, momentum=params.momentum,
+        warmup_epochs=params.warmup_epochs, label_smoothing=params.label_smoothing,
+        patience=params.patience, seed=params.seed,
+    )
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """history.csv for `dvc plots` (x: epoch), rewritten atomically after every epoch."""
+    with atomic_path(path) as tmp:
+        pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_csv(tmp, index=False)
+
+
+def _metrics(result: FitResult, frames: dict[str, pd.DataFrame], seconds: float) -> dict:
+    best = result.history[result.best_epoch - 1]
+    return {
+        "best_epoch": result.best_epoch,
+        "best_val_macro_f1": best["val_macro_f1"],
+        "best_val_acc": best["val_acc"],
+        "best_val_loss": best["val_loss"],
+        "train_macro_f1_at_best": best["train_macro_f1"],
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "train_images": len(frames["train"]),
+        "val_images": len(frames["val"]),
+        "train_seconds": round(seconds, 1),  # of this call (a resumed run counts its part)
+    }
+
+
+def _counts(frame: pd.DataFrame, classes: list[str]) -> dict[str, dict[str, int]]:
+    table = pd.crosstab(frame["split"], frame["label"]).reindex(columns=classes, fill_value=0)
+    return {split: {c: int(n) for c, n in row.items()} for split, row in table.iterrows()}
+
+
+def _code_version() -> str:
+    """Hash of the modules a run's result depends on: a checkpoint written by other code (a
+    fixed bug, a changed loop) is never resumed, like DVC re-running on changed deps."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in CODE_MODULES:
+        digest.update((here / f"{name}.py").read_bytes())
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "numpy": np.__version__,
+            "cuda": torch.version.cuda or "none"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    parser.add_argument("--backbone", help="timm model name (default: train.backbones[0])")
+    parser.add_argument("--freeze", choices=["frozen", "partial", "full"],
+                        help="freeze mode (default: train.freeze_modes[0])")
+    parser.add_argument("--spectrograms", type=Path, default=Path("data/spectrograms"))
+    parser.add_argument("--splits", type=Path, default=Path("data/splits"))
+    parser.add_argument("--out", type=Path, help="run folder (default: models/<backbone>-<freeze>)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    params = load_section("train", TrainParams, args.params)
+    backbone = args.backbone or params.backbones[0]
+    freeze = args.freeze or params.freeze_modes[0]
+    run(params, backbone, freeze, args.spectrograms, args.splits,
+        args.out or Path("models") / f"{backbone}-{freeze}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Datasets from spectrogram shards: split join, per-class cap, class balancing, loaders."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from data_prep.layout import load_shard, save_shard, write_index, write_json
+from pipeline import data
+
+CLASSES = ["N", "S", "V"]
+# record -> (split, images per class N/S/V)
+RECORDS = {
+    "100": ("train", (12, 3, 5)),
+    "101": ("train", (10, 4, 4)),
+    "102": ("val", (6, 2, 3)),
+    "103": ("val", (5, 3, 2)),
+    "104": ("test", (4, 2, 2)),
+}
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (no OpenMP oversubscription on busy CI cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+def synthetic_image(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
+    """uint8 spectrogram-like image whose class is a band at a class-specific frequency."""
+    img = rng.integers(0, 60, (size, size)).astype(np.uint8)
+    band = slice((label * size) // 3, (label * size) // 3 + size // 4)
+    img[band, :] = 200  # rows = frequency
+    return img
+
+
+def write_synthetic(
+    root: Path, size: int = 32, records: dict | None = None, unassigned: str | None = "105"
+) -> tuple[Path, Path]:
+    """Writes data/spectrograms (shards, index.csv, meta.json) and data/splits/assignment.csv.
+
+    Returns:
+        (spectrogram folder, splits folder).
+    """
+    records = records or RECORDS
+    spec, splits = root / "spectrograms", root / "splits"
+    rng = np.random.default_rng(0)
+    rows, assign = [], []
+    for record, (split, counts) in {**records, **({unassigned: ("-", (2, 1, 1))}
+                                                  if unassigned else {})}.items():
+        labels = [c for c, n in zip(range(3), counts, strict=True) for _ in range(n)]
+        rng.shuffle(labels)
+        save_shard(spec, record, np.stack([synthetic_image(k, rng, size) for k in labels]))
+        rows += [{"record": record, "row": i, "sample": 100 * i, "label": CLASSES[k],
+                  "symbol": CLASSES[k]} for i, k in enumerate(labels)]
+        if split != "-":
+            assign.append({"record": record, "subject": f"s{record}", "split": split})
+    write_index(spec / "index.csv", pd.DataFrame(rows))
+    write_json(spec / "meta.json", {"classes": CLASSES, "image_size": size})
+    splits.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(assign).to_csv(splits / "assignment.csv", index=False)
+    return spec, splits
+
+
+@pytest.fixture()
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    return write_synthetic(tmp_path)
+
+
+def test_join_assigns_splits_and_drops_unassigned_records(folders):
+    spec, splits = folders
+    frame = data.load_split_index(spec, splits, CLASSES)
+    assert set(frame["record"]) == set(RECORDS)  # "105" has no assignment
+    for record, (split, counts) in RECORDS.items():
+        part = frame[frame["record"] == record]
+        assert (part["split"] == split).all()
+        assert np.bincount(part["target"], minlength=3).tolist() == list(counts)
+    assert (frame["target"] == frame["label"].map(CLASSES.index)).all()
+
+
+def test_join_errors_name_the_file_and_the_stage(tmp_path, folders):
+    spec, splits = folders
+    with pytest.raises(FileNotFoundError, match=r"assignment\.csv.*split stage"):
+        data.load_split_index(spec, tmp_path / "nowhere", CLASSES)
+    with pytest.raises(FileNotFoundError, match=r"meta\.json.*spectrogram stage"):
+        data.read_meta(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"not in meta\.json"):
+        data.load_split_index(spec, splits, ["N", "S"])
+    assign = pd.read_csv(splits / "assignment.csv", dtype=str)
+    pd.concat([assign, assign.head(1)]).to_csv(splits / "assignment.csv", index=False)
+    with pytest.raises(ValueError, match="assigned twice"):
+        data.load_split_index(spec, splits, CLASSES)
+
+
+def test_empty_split_is_an_error(folders):
+    spec, splits = folders
+    frame = data.load_split_index(spec, splits, CLASSES)
+    with pytest.raises(ValueError, match=r"assignment\.csv: the 'val' split has no images"):
+        data.split_frame(frame[frame["split"] != "val"], "val", splits)
+
+
+def test_cap_per_class_is_seeded_and_per_split(folders):
+    spec, splits = folders
+    frame = data.load_split_index(spec, splits, CLASSES)
+    a = data.cap_per_class(frame, {"train": 5, "val": 3}, seed=1)
+    b = data.cap_per_class(frame, {"train": 5, "val": 3}, seed=1)
+    c = data.cap_per_class(frame, {"train": 5, "val": 3}, seed=2)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.index.equals(c.index)
+    counts = a.groupby(["split", "label"]).size()
+    assert counts["train"].tolist() == [5, 5, 5]  # N 22, S 7, V 9 -> 5 each
+    assert counts["val"].tolist() == [3, 3, 3]
+    assert (a[a["split"] == "test"].index == frame[frame["split"] == "test"].index).all()
+    assert a.index.is_monotonic_increasing  # original (shard) order kept
+    assert data.cap_per_class(frame, {}, seed=1) is frame
+
+
+def test_class_weights_inverse_frequency_normalised():
+    targets = np.array([0] * 8 + [1] * 2 + [2] * 0 + [0] * 0)
+    w = data.class_weights(targets, 3)
+    assert w.tolist() == pytest.approx([10 / (2 * 8), 10 / (2 * 2), 0.0])
+    assert float(w[torch.as_tensor(targets)].mean()) == pytest.approx(1.0)
+
+
+def test_balanced_sampler_draws_classes_equally():
+    targets = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    sampler = data.balanced_sampler(targets, torch.Generator().manual_seed(0))
+    drawn = np.bincount(targets[list(sampler)], minlength=3) / len(targets)
+    assert drawn == pytest.approx([1 / 3] * 3, abs=0.05)
+
+
+def test_dataset_reads_shard_rows_and_pickles_without_maps(folders):
+    spec, splits = folders
+    frame = data.load_split_index(spec, splits, CLASSES)
+    ds = data.SpectrogramDataset(spec, data.split_frame(frame, "val", splits))
+    image, target = ds[7]
+    row = frame[frame["split"] == "val"].iloc[7]
+    assert image.dtype == torch.uint8 and image.shape == (32, 32)
+    expected = np.array(load_shard(spec, row["record"])[row["row"]])
+    assert torch.equal(image, torch.from_numpy(expected))
+    assert target == row["target"]
+    assert pickle.loads(pickle.dumps(ds))._shards == {}
+
+
+def test_dataset_checks_shards_up_front(folders):
+    spec, splits = folders
+    frame = data.load_split_index(spec, splits, CLASSES)
+    (spec / "shards" / "102.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"102\.npy: shard missing"):
+        data.SpectrogramDataset(spec, frame)
+
+
+def test_loader_order_depends_only_on_the_sampler_generator(folders):
+    spec, splits = folders
+    frame = data.split_frame(data.load_split_index(spec, splits, CLASSES), "train", splits)
+    ds = data.SpectrogramDataset(spec, frame)
+    gen = torch.Generator()
+    sampler = data.train_sampler(frame["target"].to_numpy(), False, gen)
+    loader = data.make_loader(ds, 8, torch.device("cpu"), seed=0, sampler=sampler, num_workers=1)
+
+    def epoch_targets(seed: int) -> list[int]:
+        gen.manual_seed(seed)
+        return torch.cat([y for _, y in loader]).tolist()
+
+    first = epoch_targets(3)
+    assert epoch_targets(4) != first
+    assert epoch_targets(3) == first
+    assert sorted(first) == sorted(frame["target"].tolist())
+    assert not loader.pin_memory  # CPU

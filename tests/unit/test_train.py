@@ -1,0 +1,129 @@
+"""Train stage end to end on a synthetic spectrogram folder, params, CLI and input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from data_prep.params import read_yaml
+from pipeline import train
+from pipeline.freeze import apply_freeze
+from pipeline.models import build_model, resolve_weights
+from tests.unit.test_data import CLASSES, write_synthetic
+
+REPO = Path(__file__).resolve().parents[2]
+QUICK = {"weights": "random", "epochs": 2, "batch_size": 8, "device": "cpu", "warmup_epochs": 0.5}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (no OpenMP oversubscription on busy CI cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_params(**overrides) -> train.TrainParams:
+    """The repository's train params with test overrides (so params.yaml is tested too)."""
+    section = read_yaml(REPO / "params.yaml")["train"]
+    return train.TrainParams.model_validate({**section, **QUICK, **overrides})
+
+
+@pytest.fixture()
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    return write_synthetic(tmp_path)
+
+
+def test_repository_params_parse_and_dvc_stage_tracks_every_run_param():
+    params = train.load_section("train", train.TrainParams, REPO / "params.yaml")
+    assert params.backbones == ["vgg16.tv_in1k"] and params.freeze_modes == ["frozen"]
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    tracked = {p.removeprefix("train.") for p in stage["params"]}
+    assert tracked == set(train.TrainParams.model_fields) - set(train.MATRIX_KEYS)
+    assert "data/spectrograms" in stage["deps"] and "data/splits/assignment.csv" in stage["deps"]
+
+
+def test_params_reject_unknown_keys_and_missing_lr():
+    with pytest.raises(ValueError, match="lr_typo"):
+        make_params(lr_typo=1.0)
+    with pytest.raises(ValueError, match="no value for freeze modes"):
+        make_params(freeze_modes=["frozen", "full"], lr={"frozen": 1e-3})
+
+
+@pytest.mark.parametrize("freeze", ["frozen", "full"])
+def test_run_writes_all_outputs(tmp_path, folders, freeze):
+    spec, splits = folders
+    params = make_params(max_per_class={"train": 6}, lr={"frozen": 1e-2, "full": 1e-3})
+    out = tmp_path / "run"
+    metrics = train.run(params, "test_resnet", freeze, spec, splits, out)
+
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns) == list(train.HISTORY_COLUMNS)
+    assert history["epoch"].tolist() == [1, 2]
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert metrics["best_val_macro_f1"] == history["val_macro_f1"].max()
+    assert metrics["train_images"] == 6 + 6 + 6 and metrics["val_images"] == 11 + 5 + 5
+    resolved = json.loads((out / "resolved_config.json").read_text())
+    assert resolved["classes"] == CLASSES and resolved["freeze"] == freeze
+    assert resolved["preprocessing"]["channels"] == "grey3"
+    assert len(resolved["preprocessing"]["mean"]) == 3
+    assert resolved["preprocessing"]["crop_pct"] == 1
+    assert resolved["weights"]["kind"] == "random" and resolved["cached_features"] == (
+        freeze == "frozen")
+    assert resolved["versions"]["torch"] == torch.__version__
+    assert resolved["freeze_report"]["mode"] == freeze
+    assert resolved["counts"]["train"] == {"N": 6, "S": 6, "V": 6}
+    assert (out / "features").is_dir() == (freeze == "frozen")
+
+    model = build_model("test_resnet", 3, resolve_weights("test_resnet", "random"))
+    apply_freeze(model, freeze)
+    model.load_state_dict(load_file(out / "model.safetensors"), strict=True)
+
+    again = train.run(params, "test_resnet", freeze, spec, splits, out)  # finished: resumes, no-op
+    assert {k: v for k, v in again.items() if k != "train_seconds"} == {
+        k: v for k, v in metrics.items() if k != "train_seconds"}
+
+
+def test_cli_runs_the_stage(tmp_path, folders):
+    spec, splits = folders
+    section = {**read_yaml(REPO / "params.yaml")["train"], **QUICK, "epochs": 1,
+               "channels": "in_chans1", "imbalance": "balanced_sampler"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": section}))
+    out = tmp_path / "models" / "run"
+    train.main(["--params", str(tmp_path / "params.yaml"), "--backbone", "test_resnet",
+                "--freeze", "partial", "--spectrograms", str(spec), "--splits", str(splits),
+                "--out", str(out)])
+    resolved = json.loads((out / "resolved_config.json").read_text())
+    assert resolved["preprocessing"]["in_chans"] == 1 and resolved["freeze"] == "partial"
+    assert (out / "model.safetensors").is_file()
+
+
+def test_bad_inputs_fail_early_with_the_fix(tmp_path, folders):
+    spec, splits = folders
+    params = make_params()
+    with pytest.raises(FileNotFoundError, match=r"meta\.json: missing; run the spectrogram"):
+        train.run(params, "test_resnet", "frozen", tmp_path / "none", splits, tmp_path / "o")
+    with pytest.raises(FileNotFoundError, match=r"assignment\.csv: missing; run the split"):
+        train.run(params, "test_resnet", "frozen", spec, tmp_path / "none", tmp_path / "o")
+    with pytest.raises(FileNotFoundError, match=r"no-such\.safetensors"):
+        train.run(make_params(weights=str(tmp_path / "no-such.safetensors")), "test_resnet",
+                  "frozen", spec, splits, tmp_path / "o")
+    with pytest.raises(ValueError, match="cache_features=false"):
+        train.run(make_params(augment={"time_mask": 8, "freq_mask": 0, "num_masks": 1}),
+                  "test_resnet", "frozen", spec, splits, tmp_path / "o")
+    empty_val = write_synthetic(tmp_path / "noval", records={"100": ("train", (3, 3, 3))})
+    with pytest.raises(ValueError, match="'val' split has no images"):
+        train.run(params, "test_resnet", "frozen", *empty_val, tmp_path / "o")
+    assert not (tmp_path / "o").exists()  # nothing written before the inputs are valid
+
+
+def test_dvc_deps_cover_the_modules_in_the_code_version():
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    assert {f"pipeline/{m}.py" for m in train.CODE_MODULES} <= set(stage["deps"])
