@@ -15,8 +15,11 @@ Image convention: row 0 is the highest kept frequency and the last row the lowes
 frequencies at the bottom, as plotted); columns run forward in time from the first STFT frame
 wholly inside the segment to the last (meta.json time_s); one grey channel.
 
+With `--splits`, only records that the split stage assigned to train, val or test get images
+(records it left out are logged and skipped).
+
 Run: python -m data_prep.spectrogram --params params.yaml --segments data/segments \
-        --out data/spectrograms
+        --splits data/splits --out data/spectrograms
 """
 
 from __future__ import annotations
@@ -345,10 +348,21 @@ def _check_inputs(segments: Path, index: pd.DataFrame, seg_meta: dict) -> int:
     return widths.pop()
 
 
-def run(params: SpectrogramParams, segments: Path, out: Path) -> dict[str, Any]:
+def assigned_only(index: pd.DataFrame, assignment: Path) -> pd.DataFrame:
+    """The index rows of records the split stage assigned (assignment.csv: record,subject,split)."""
+    assigned = set(read_index(assignment)["record"])
+    if left := sorted(set(index["record"]) - assigned):
+        log.info("no images for %d records the split left out: %s", len(left), ", ".join(left))
+    return index[index["record"].isin(assigned)].reset_index(drop=True)
+
+
+def run(params: SpectrogramParams, segments: Path, out: Path,
+        splits: Path | None = None) -> dict[str, Any]:
     """Writes the stage's shards, index, meta and previews (module docstring); returns meta."""
     seg_meta = read_json(segments / META)
     index = read_index(segments / INDEX)
+    if splits is not None:
+        index = assigned_only(index, splits / "assignment.csv")
     n_samples = _check_inputs(segments, index, seg_meta)
     fs = float(seg_meta["fs"])
     p = plan(params, fs, n_samples)  # fails on band/Nyquist before any worker starts
@@ -383,10 +397,12 @@ def main(argv: list[str] | None = None) -> None:
                                      description="ECG segments -> uint8 spectrogram images")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml")
     parser.add_argument("--segments", type=Path, required=True, help="segment stage folder")
+    parser.add_argument("--splits", type=Path, help="split stage folder: only assigned records")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run(load_section("spectrogram", SpectrogramParams, args.params), args.segments, args.out)
+    run(load_section("spectrogram", SpectrogramParams, args.params), args.segments, args.out,
+        args.splits)
 
 
 if __name__ == "__main__":

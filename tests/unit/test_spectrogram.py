@@ -246,3 +246,17 @@ def test_cli_as_in_dvc_yaml(segments, tmp_path):
     main(["--params", str(tmp_path / "params.yaml"), "--segments", str(segments),
           "--out", str(out)])
     assert (out / "shards" / "201.npy").is_file() and (out / "preview" / "N.png").is_file()
+
+
+def test_run_makes_images_only_for_records_the_split_assigned(segments, tmp_path):
+    kept = sorted(RECORDS)[:-1]
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    pd.DataFrame({"record": kept, "subject": kept, "split": "train"}).to_csv(
+        splits / "assignment.csv", index=False)
+    out = tmp_path / "spec"
+    meta = run(params(), segments, out, splits)
+    index = layout.read_index(out / layout.INDEX)
+    assert sorted(set(index["record"])) == kept == sorted(meta["records"])
+    assert len(index) == sum(len(RECORDS[r]) for r in kept)
+    assert not layout.shard_path(out, sorted(RECORDS)[-1]).exists()
