@@ -9,6 +9,9 @@ params from the `train:` section of params.yaml. Writes to `models/<run>/`:
 - `metrics.json`: best val macro-F1 and friends (`dvc metrics`);
 - `resolved_config.json`: params, classes, preprocessing spec, weights source, freeze report,
   device, versions;
+- `mlflow_run.json`: the id of this model's MLflow run (see `pipeline.run_tracking`), which
+  the evaluate stage completes; params from the `tracking:` section. An unreachable
+  `MLFLOW_TRACKING_URI` fails before any training;
 - `features/`: frozen mode's cached backbone features (unless train.feature_cache_dir is set).
 
 Run: `python -m pipeline.train --params params.yaml --backbone vgg16.tv_in1k --freeze frozen
@@ -23,6 +26,7 @@ import hashlib
 import logging
 import platform
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -37,9 +41,9 @@ from torch.utils.data import Dataset
 
 from data_prep.layout import atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
-from pipeline import data, features
+from pipeline import data, features, run_tracking, tracking
 from pipeline.checkpoint import Checkpointer, save_weights
-from pipeline.engine import FitConfig, FitResult, fit, resolve_device
+from pipeline.engine import EpochCallback, FitConfig, FitResult, fit, resolve_device
 from pipeline.freeze import FreezeReport, apply_freeze, feature_extractor, param_groups
 from pipeline.models import WeightsSource, build_model, model_data_config, resolve_weights
 from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
@@ -85,6 +89,8 @@ class TrainParams(StrictModel):
     batch_size: int = Field(ge=1)
     label_smoothing: float = Field(ge=0, lt=1)
     imbalance: Literal["weighted_loss", "balanced_sampler", "none"]
+    class_weight_power: float = Field(ge=0, le=1)
+    class_weight_cap: float | None = Field(ge=1)
     patience: int = Field(ge=0)
     seed: int
     device: Literal["auto", "cpu", "cuda"]
@@ -127,13 +133,19 @@ def run(
     spectrograms: Path,
     splits: Path,
     out: Path,
+    tracking_params: run_tracking.TrackingParams | None = None,
 ) -> dict:
     """Trains one backbone x freeze-mode run and writes its outputs to `out`.
+
+    Args:
+        tracking_params: the `tracking:` section; None trains without MLflow (tests).
 
     Returns:
         The metrics written to metrics.json.
     """
     started = time.monotonic()
+    if tracking_params is not None:  # a down server must fail now, not after hours of training
+        tracking.check_tracking_server()
     meta = data.read_meta(spectrograms)
     classes = list(meta["classes"])
     frame = data.load_split_index(spectrograms, splits, classes)
@@ -152,28 +164,48 @@ def run(
         params=params.model_dump(exclude=set(MATRIX_KEYS)), backbone=backbone, freeze=freeze,
         data=data_version, weights=setup.weights_id, spec=setup.spec, code=_code_version(),
     )
-    train_sets = _train_sets(params, setup, backbone, spectrograms, frames, device, cached,
-                             data_version, out)
     targets = frames["train"]["target"].to_numpy()
-    weight = (data.class_weights(targets, len(classes))
+    weight = (data.class_weights(targets, len(classes), params.class_weight_power,
+                                 params.class_weight_cap)
               if params.imbalance == "weighted_loss" else None)
-    result = _fit(params, freeze, setup.model, train_sets, targets, device, weight,
-                  Checkpointer(out / CHECKPOINT, fingerprint), out / HISTORY)
-    save_weights(setup.model, out / MODEL)  # no metadata: its order varies, the bytes would too
-    metrics = _metrics(result, frames, time.monotonic() - started)
-    write_json(out / METRICS, metrics)
-    write_json(out / RESOLVED, {
+    resolved = {
         "stage": "train", "backbone": backbone, "freeze": freeze, "params": params.model_dump(),
         "classes": classes, "preprocessing": setup.spec,
         "weights": {**asdict(setup.weights), "describe": setup.weights.describe()},
         "freeze_report": asdict(setup.report), "device": str(device), "seed": params.seed,
-        "num_workers": train_sets.workers, "data_version": data_version, "fingerprint": fingerprint,
+        "num_workers": 0 if cached else data.resolve_workers(params.num_workers, device),
+        "data_version": data_version, "fingerprint": fingerprint,
         "class_weights": weight.tolist() if weight is not None else None,
         "counts": _counts(frame, classes), "cached_features": cached, "versions": _versions(),
-    })
+    }
+    with _tracked(tracking_params, out, resolved) as run_id:
+        train_sets = _train_sets(params, setup, backbone, spectrograms, frames, device, cached,
+                                 data_version, out)
+        result = _fit(params, freeze, setup.model, train_sets, targets, device, weight,
+                      Checkpointer(out / CHECKPOINT, fingerprint), out / HISTORY,
+                      run_tracking.epoch_logger(run_id) if run_id else None)
+        save_weights(setup.model, out / MODEL)  # no metadata: its order varies, bytes would too
+        metrics = _metrics(result, frames, time.monotonic() - started)
+        write_json(out / METRICS, metrics)
+        write_json(out / RESOLVED, resolved)
+        if run_id:
+            run_tracking.log_train_outputs(run_id, metrics, [out / RESOLVED, out / HISTORY])
     log.info("wrote %s: best val macro-F1 %.4f at epoch %d",
              out, metrics["best_val_macro_f1"], metrics["best_epoch"])
     return metrics
+
+
+def _tracked(
+    tracking_params: run_tracking.TrackingParams | None, out: Path, resolved: dict
+) -> AbstractContextManager[str | None]:
+    """The run's MLflow run (opened or resumed, FAILED on error), or no tracking at all."""
+    if tracking_params is None:
+        return nullcontext(None)
+    weights = resolved["weights"]
+    tags = {"stage": "train", "backbone": resolved["backbone"], "freeze": resolved["freeze"],
+            "weights": weights["describe"], "weights.sha256": weights["sha256"],
+            "device": resolved["device"]}  # git commit and DVC data hashes: start_run adds them
+    return run_tracking.train_run(tracking_params, out, resolved["fingerprint"], resolved, tags)
 
 
 @dataclass
@@ -230,8 +262,10 @@ def _fit(
     weight: torch.Tensor | None,
     checkpointer: Checkpointer,
     history: Path,
+    on_epoch_end: EpochCallback | None = None,
 ) -> FitResult:
-    """Loaders, optimiser groups and the training loop; history.csv after every epoch."""
+    """Loaders, optimiser groups and the training loop; history.csv (and `on_epoch_end`,
+    e.g. MLflow logging) after every epoch."""
     gen = torch.Generator().manual_seed(params.seed)
     sampler = data.train_sampler(targets, params.imbalance == "balanced_sampler", gen)
     loaders = {
@@ -247,7 +281,7 @@ def _fit(
         train_sets.module, param_groups(model, cfg.lr, cfg.weight_decay, layer_decay),
         loaders["train"], loaders["val"], cfg, device, checkpointer,
         prepare=train_sets.prepare, class_weights=weight, sampler_generator=gen,
-        on_epoch_end=partial(write_history, history),
+        on_epoch_end=partial(_after_epoch, history, on_epoch_end),
     )
     write_history(history, result.history)
     return result
@@ -277,6 +311,12 @@ def _fit_config(params: TrainParams, freeze: FreezeMode) -> FitConfig:
         warmup_epochs=params.warmup_epochs, label_smoothing=params.label_smoothing,
         patience=params.patience, seed=params.seed,
     )
+
+
+def _after_epoch(path: Path, then: EpochCallback | None, history: list[dict]) -> None:
+    write_history(path, history)
+    if then is not None:
+        then(history)
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -334,10 +374,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     params = load_section("train", TrainParams, args.params)
+    tracking_params = run_tracking.load_tracking(args.params)
     backbone = args.backbone or params.backbones[0]
     freeze = args.freeze or params.freeze_modes[0]
     run(params, backbone, freeze, args.spectrograms, args.splits,
-        args.out or Path("models") / f"{backbone}-{freeze}")
+        args.out or Path("models") / f"{backbone}-{freeze}", tracking_params)
 
 
 if __name__ == "__main__":

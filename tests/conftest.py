@@ -1,17 +1,27 @@
 """Shared fixtures. Real data and weights live in ../shared beside the checkout.
 
 Integration tests use them; under CI=true a missing ../shared is a failure, not a skip.
+`mlflow_server` starts a real MLflow tracking server on loopback once per session.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ECG_SHARED_DIR", REPO.parent / "shared"))
+MLFLOW = Path(sys.executable).with_name("mlflow")
+SERVER_START_S = 90.0
 
 
 def _require(path: Path) -> Path:
@@ -33,3 +43,62 @@ def physionet_mirror() -> Path:
 def weights_dir() -> Path:
     """Folder of real ImageNet weights as <model>.<tag>.safetensors files."""
     return _require(SHARED / "weights")
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_mlflow_server(root: Path, timeout: float = SERVER_START_S) -> Iterator[str]:
+    """Runs `mlflow server` on a free loopback port until the block ends; yields its URL."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+               "--artifacts-destination", str(root / "artifacts")]
+    # The server's background job runner starts seven worker processes that only slow the
+    # start; tracking needs none of them.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log_path = root / "server.log"
+    with log_path.open("wb") as log_file:
+        # Own process group: the server forks workers, and all of them must go at the end.
+        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                  cwd=root, env=env, start_new_session=True)
+    try:
+        _wait_healthy(url, server, log_path, timeout)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    from pipeline import tracking  # here: importing mlflow costs seconds in every test run
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            tail = log_path.read_text()[-3000:]
+            pytest.fail(f"mlflow server exited ({server.returncode}):\n{tail}")
+        try:
+            tracking.check_tracking_server(url, timeout=1.0)
+            return
+        except tracking.TrackingServerError:
+            time.sleep(0.5)
+    pytest.fail(f"mlflow server not healthy after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """URL of a real MLflow tracking server on loopback, for the whole session."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as url:
+        yield url

@@ -129,6 +129,16 @@ def test_class_weights_inverse_frequency_normalised():
     assert float(w[torch.as_tensor(targets)].mean()) == pytest.approx(1.0)
 
 
+def test_class_weights_tempered_and_capped():
+    targets = np.array([0] * 900 + [1] * 100 + [2] * 1)
+    sqrt = data.class_weights(targets, 3, power=0.5)
+    assert float(sqrt[2] / sqrt[0]) == pytest.approx(30.0)  # sqrt(900 / 1)
+    capped = data.class_weights(targets, 3, power=0.5, cap=10.0)
+    assert float(capped[2] / capped[0]) == pytest.approx(10.0)
+    assert float(capped[1] / capped[0]) == pytest.approx(3.0)  # under the cap: untouched
+    assert float(capped[torch.as_tensor(targets)].mean()) == pytest.approx(1.0)
+
+
 def test_balanced_sampler_draws_classes_equally():
     targets = np.array([0] * 900 + [1] * 90 + [2] * 10)
     sampler = data.balanced_sampler(targets, torch.Generator().manual_seed(0))

@@ -1,20 +1,16 @@
 """MLflow tracking against a local sqlite store and a real `mlflow server` on loopback.
 
-`mlflow_server` starts a real server (sqlite backend, proxied artifacts) in a temporary
-folder once per session; move it to conftest.py when other test files need it.
+`mlflow_server` (tests/conftest.py) starts a real server (sqlite backend, proxied artifacts)
+in a temporary folder once per session.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -23,66 +19,9 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import provenance, tracking
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-MLFLOW = Path(sys.executable).with_name("mlflow")
-SERVER_START_S = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def running_mlflow_server(root: Path, timeout: float = SERVER_START_S) -> Iterator[str]:
-    """Runs `mlflow server` on a free loopback port until the block ends; yields its URL."""
-    root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-               "--artifacts-destination", str(root / "artifacts")]
-    # The server's background job runner starts seven worker processes that only slow the
-    # start; tracking needs none of them.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log_path = root / "server.log"
-    with log_path.open("wb") as log_file:
-        # Own process group: the server forks workers, and all of them must go at the end.
-        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                  cwd=root, env=env, start_new_session=True)
-    try:
-        _wait_healthy(url, server, log_path, timeout)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-
-
-def _wait_healthy(url: str, server: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            tail = log_path.read_text()[-3000:]
-            pytest.fail(f"mlflow server exited ({server.returncode}):\n{tail}")
-        try:
-            tracking.check_tracking_server(url, timeout=1.0)
-            return
-        except tracking.TrackingServerError:
-            time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> Iterator[str]:
-    """URL of a real MLflow tracking server on loopback, for the whole session."""
-    with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

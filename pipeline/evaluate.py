@@ -1,0 +1,333 @@
+"""Evaluate stage: run one trained model on unseen patients and report EC57-style results.
+
+Reads `models/<run>/` (model.safetensors, resolved_config.json, mlflow_run.json),
+`data/spectrograms/` and `data/splits/assignment.csv`; params from the `evaluate:` and
+`tracking:` sections of params.yaml. Writes to `reports/<run>/`:
+
+- `predictions.csv`: split,record,row,sample,label,pred,prob_<class>... (classes in meta.json
+  order), one row per image of each evaluated split; float32 softmax probabilities written
+  with 9 significant digits, which read back as the identical float32 values;
+- `metrics.json`: `{split: metrics tree}` with record-bootstrap intervals (`dvc metrics show`);
+- `confusion_test.csv`: actual,predicted per test image, for DVC's confusion template;
+- `details/`: `classification_report_<split>.txt` / `.json`, `notes.md`,
+  `evaluation_config.json` and per split `<split>/`: confusion matrix (PNG with counts and
+  row-normalised; CSVs of both), ROC / PR / reliability PNGs and CSVs, per-record (EC57) and
+  per-class tables. (One folder, because DVC forbids outputs inside another output folder.)
+
+Then it completes the model's MLflow run (the id train wrote): final metrics, the reports,
+the spectrogram previews, tags, and optionally the model with a signature.
+
+Run: `python -m pipeline.evaluate --params params.yaml --model models/<run>
+--spectrograms data/spectrograms --splits data/splits --out reports/<run>`
+(dvc.yaml runs it for every model the train matrix trains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from data_prep.layout import atomic_path, read_json, write_json
+from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
+from pipeline import data, plots, run_tracking, tracking
+from pipeline.checkpoint import load_weights
+from pipeline.engine import autocast, model_input, resolve_device
+from pipeline.freeze import apply_freeze
+from pipeline.metrics import Evaluation, evaluate, nan_to_none
+from pipeline.models import WeightsSource, build_model
+from pipeline.transforms import Preprocess
+
+log = logging.getLogger(__name__)
+
+Split = Literal["train", "val", "test"]
+PREDICTIONS, METRICS, CONFUSION, DETAILS = (
+    "predictions.csv", "metrics.json", "confusion_test.csv", "details")
+CONFIG, NOTES = "evaluation_config.json", "notes.md"  # in details/
+BASE_COLUMNS = ("split", "record", "row", "sample", "label", "pred")
+FLOAT_FORMAT = "%.9g"  # 9 significant digits: every float32 survives the CSV round trip exactly
+
+
+class EvaluateParams(StrictModel):
+    """The `evaluate:` section of params.yaml (the comments there say why each value)."""
+
+    splits: list[Split] = Field(min_length=1)
+    n_boot: int = Field(ge=0)
+    seed: int
+    batch_size: int = Field(ge=1)
+    device: Literal["auto", "cpu", "cuda"]
+    num_workers: int | None = Field(default=None, ge=0)
+    amp: bool
+    max_per_class: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateParams:
+        if "test" not in self.splits or len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits {self.splits} must hold 'test' (unseen patients, the "
+                             "reported result and DVC's confusion plot) and no split twice")
+        return self
+
+
+class ImageClassifier(nn.Module):
+    """uint8 spectrograms (B, H, W) -> class probabilities: the model as research code calls it."""
+
+    def __init__(self, preprocess: Preprocess, model: nn.Module):
+        super().__init__()
+        self.preprocess, self.model = preprocess, model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(self.preprocess(images)).float(), dim=1)
+
+
+def load_model(folder: Path) -> tuple[nn.Module, Preprocess, dict]:
+    """Rebuilds a trained model exactly as train saved it: architecture, freezing, weights.
+
+    Returns:
+        (model in eval mode, its preprocessing, the resolved config).
+    """
+    resolved = read_json(folder / "resolved_config.json")
+    spec, params = resolved["preprocessing"], resolved["params"]
+    extra = {"in_chans": 1} if spec["in_chans"] == 1 else {}
+    # Random init, then every tensor is overwritten by the strict load below.
+    model = build_model(resolved["backbone"], len(resolved["classes"]),
+                        WeightsSource("random", "random"), **extra)
+    apply_freeze(model, resolved["freeze"], params["trainable_groups"], params["pre_logits"])
+    load_weights(model, folder / "model.safetensors")
+    return model.eval(), Preprocess.from_spec(spec), resolved
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: nn.Module, preprocess: Preprocess, loader: DataLoader, device: torch.device,
+    amp: bool = True, desc: str = "predict",
+) -> np.ndarray:
+    """float32 softmax probabilities (n, K) of every batch, in loader order.
+
+    On CUDA: channels_last and (with `amp`) bf16 autocast; the softmax is taken in float32.
+    """
+    model.to(device).eval()
+    preprocess.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    probs = []
+    for x, _ in tqdm(loader, desc=desc, dynamic_ncols=True):
+        with autocast(device) if amp else nullcontext():
+            logits = model(model_input(x, device, preprocess))
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(probs).numpy()
+
+
+def predictions_frame(
+    split: str, frame: pd.DataFrame, probs: np.ndarray, classes: list[str]
+) -> pd.DataFrame:
+    """The predictions.csv rows of one split (columns `BASE_COLUMNS` then prob_<class>)."""
+    table = frame[["record", "row", "sample", "label"]].reset_index(drop=True)
+    table.insert(0, "split", split)
+    table["pred"] = np.asarray(classes)[probs.argmax(axis=1)]
+    probs = probs.astype(np.float32)
+    for i, name in enumerate(classes):
+        table[f"prob_{name}"] = probs[:, i]
+    return table
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """predictions.csv with string records/labels and float32 probabilities, as written."""
+    table = pd.read_csv(path, dtype={"split": str, "record": str, "label": str, "pred": str},
+                        keep_default_na=False)
+    probs = [c for c in table.columns if c.startswith("prob_")]
+    return table.astype(dict.fromkeys(probs, np.float32))
+
+
+def evaluate_predictions(
+    predictions: pd.DataFrame, classes: list[str], n_boot: int, seed: int
+) -> dict[str, Evaluation]:
+    """Every metric of each split in a predictions table (the pure core of the stage)."""
+    index = {c: i for i, c in enumerate(classes)}
+    columns = [f"prob_{c}" for c in classes]
+    results = {}
+    for split, part in predictions.groupby("split", sort=False):
+        probs = part[columns].to_numpy(dtype=np.float32)
+        results[str(split)] = evaluate(part["label"].map(index).to_numpy(), probs, classes,
+                                       part["record"].to_numpy(), n_boot=n_boot, seed=seed)
+    return results
+
+
+def run(
+    params: EvaluateParams,
+    model_dir: Path,
+    spectrograms: Path,
+    splits: Path,
+    out: Path,
+    tracking_params: run_tracking.TrackingParams | None = None,
+) -> dict:
+    """Evaluates the model in `model_dir` on `params.splits` and writes `out` (module doc).
+
+    Args:
+        tracking_params: the `tracking:` section; None evaluates without MLflow (tests).
+
+    Returns:
+        The metrics written to metrics.json.
+    """
+    run_id = None
+    if tracking_params is not None:  # fail before minutes of inference, not after
+        tracking.check_tracking_server()
+        run_id = run_tracking.read_run_file(model_dir)["run_id"]
+    model, preprocess, resolved = load_model(model_dir)
+    classes = list(resolved["classes"])
+    frames, available = _split_frames(params, spectrograms, splits, classes)
+    device = resolve_device(params.device)
+    if run_id:
+        tracking.resume_run(run_id)
+    with tracking.fail_on_error(run_id) if run_id else nullcontext():
+        parts = []
+        for split, frame in frames.items():
+            loader = data.make_loader(data.SpectrogramDataset(spectrograms, frame),
+                                      params.batch_size, device, params.seed,
+                                      num_workers=data.resolve_workers(params.num_workers, device))
+            probs = predict_probs(model, preprocess, loader, device, params.amp, desc=split)
+            parts.append(predictions_frame(split, frame, probs, classes))
+        predictions = pd.concat(parts, ignore_index=True)
+        shutil.rmtree(out / DETAILS, ignore_errors=True)  # no split left over from a past run
+        with atomic_path(out / PREDICTIONS) as tmp:
+            predictions.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
+        results = evaluate_predictions(predictions, classes, params.n_boot, params.seed)
+        metrics = _write_reports(results, predictions, out, available)
+        info = _config(params, model_dir, resolved, device, available, run_id)
+        write_json(out / DETAILS / CONFIG, info)
+        _write_notes(out / DETAILS / NOTES, info, results)
+        if run_id:
+            classifier = (ImageClassifier(preprocess, model).cpu().float()
+                          if tracking_params.log_model else None)
+            run_tracking.log_evaluation(
+                run_id, out, metrics, _tags(info),
+                [model_dir / "resolved_config.json", out / DETAILS / CONFIG],
+                spectrograms / "preview",
+                classifier, _example(spectrograms, next(iter(frames.values()))))
+    if run_id:
+        tracking.end_run(run_id, "FINISHED")
+    log.info("wrote %s: %s", out, ", ".join(
+        f"{s} macro-F1 {m['macro_f1']:.4f}" for s, m in metrics.items()))
+    return metrics
+
+
+def _split_frames(
+    params: EvaluateParams, spectrograms: Path, splits: Path, classes: list[str]
+) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """Each evaluated split's images (capped when asked) and how many it has uncapped."""
+    meta = data.read_meta(spectrograms)
+    if list(meta["classes"]) != classes:
+        raise ValueError(
+            f"{spectrograms / 'meta.json'} classes {meta['classes']} differ from the model's "
+            f"{classes} (resolved_config.json); re-run train on these spectrograms"
+        )
+    frame = data.load_split_index(spectrograms, splits, classes)
+    available = {s: int((frame["split"] == s).sum()) for s in params.splits}
+    frame = data.cap_per_class(frame, dict.fromkeys(params.splits, params.max_per_class),
+                               params.seed)
+    return {s: data.split_frame(frame, s, splits) for s in params.splits}, available
+
+
+def _write_reports(
+    results: dict[str, Evaluation], predictions: pd.DataFrame, out: Path,
+    available: dict[str, int],
+) -> dict:
+    """Per split: classification reports, figures and tables; then metrics.json."""
+    metrics = {}
+    for split, ev in results.items():
+        part = predictions[predictions["split"] == split]
+        index = {c: i for i, c in enumerate(ev.class_names)}
+        y_true, y_pred = part["label"].map(index).to_numpy(), part["pred"].map(index).to_numpy()
+        folder = out / DETAILS / split
+        plots.write_all(ev, y_true, y_pred, folder)
+        if split == "test":
+            plots.confusion_csv(y_true, y_pred, ev.class_names, out / CONFUSION)
+        for name, matrix in (("confusion_counts", ev.counts), ("confusion_normalised",
+                                                                ev.normalised)):
+            table = pd.DataFrame(matrix, index=pd.Index(ev.class_names, name="actual"),
+                                 columns=ev.class_names)
+            plots.table_csv(table.reset_index(), folder / f"{name}.csv")
+        with atomic_path(out / DETAILS / f"classification_report_{split}.txt") as tmp:
+            tmp.write_text(ev.report_text)
+        write_json(out / DETAILS / f"classification_report_{split}.json",
+                   nan_to_none(ev.report_dict))
+        # a capped (quick-profile) evaluation must never pass for the full split's result
+        metrics[split] = {**nan_to_none(ev.metrics_tree()), "subset": len(part) < available[split],
+                          "n_available": available[split]}
+    write_json(out / METRICS, metrics)
+    return metrics
+
+
+def _config(
+    params: EvaluateParams, model_dir: Path, resolved: dict, device: torch.device,
+    available: dict[str, int], run_id: str | None,
+) -> dict:
+    precision = "bf16-autocast" if params.amp and device.type == "cuda" else "float32"
+    return {
+        "stage": "evaluate", "model": str(model_dir), "backbone": resolved["backbone"],
+        "freeze": resolved["freeze"], "classes": resolved["classes"],
+        "params": params.model_dump(), "device": str(device), "precision": precision,
+        "subset": params.max_per_class is not None, "available": available,
+        "mlflow_run_id": run_id,
+    }
+
+
+def _tags(info: dict) -> dict[str, str]:
+    params = info["params"]
+    return {"evaluate.splits": ",".join(params["splits"]), "evaluate.device": info["device"],
+            "evaluate.precision": info["precision"], "evaluate.n_boot": params["n_boot"],
+            "evaluate.subset": str(info["subset"]).lower(),
+            "evaluate.max_per_class": params["max_per_class"] or "all"}
+
+
+def _write_notes(path: Path, info: dict, results: dict[str, Evaluation]) -> None:
+    """Human-readable caveats: what was evaluated, on which device and precision, the gaps."""
+    lines = [f"# Evaluation of {info['model']}", "",
+             f"- backbone {info['backbone']}, freeze {info['freeze']}; device {info['device']}, "
+             f"{info['precision']} inference",
+             "- intervals: 95 % percentile bootstrap over records (patients), "
+             f"{info['params']['n_boot']} draws"]
+    if info["subset"]:
+        lines.append(f"- SUBSET: at most {info['params']['max_per_class']} images per class and "
+                     "split (quick profile); not the full split's result")
+    for split, ev in results.items():
+        lines += ["", f"## {split}: {ev.summary['n_segments']} images of "
+                  f"{ev.summary['n_records']} records (of {info['available'][split]} images)"]
+        lines += [f"- {note}" for note in ev.notes] or ["- no caveats"]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def _example(spectrograms: Path, frame: pd.DataFrame) -> np.ndarray:
+    """Two real images (uint8, B x H x W) as the logged model's input example."""
+    dataset = data.SpectrogramDataset(spectrograms, frame.head(2))
+    return np.stack([dataset[i][0].numpy() for i in range(len(dataset))])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    parser.add_argument("--model", type=Path, required=True, help="train run folder")
+    parser.add_argument("--spectrograms", type=Path, default=Path("data/spectrograms"))
+    parser.add_argument("--splits", type=Path, default=Path("data/splits"))
+    parser.add_argument("--out", type=Path, help="report folder (default: reports/<run>)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    params = load_section("evaluate", EvaluateParams, args.params)
+    tracking_params = run_tracking.load_tracking(args.params)
+    run(params, args.model, args.spectrograms, args.splits,
+        args.out or Path("reports") / args.model.name, tracking_params)
+
+
+if __name__ == "__main__":
+    main()
