@@ -24,8 +24,9 @@ from pipeline import data, features
 from pipeline.checkpoint import Checkpointer
 from pipeline.engine import FitConfig, fit
 from pipeline.freeze import apply_freeze, feature_extractor, param_groups
-from pipeline.models import WeightsSource, build_model, model_data_config
+from pipeline.models import build_model, model_data_config
 from pipeline.transforms import ModelInput, Preprocess, preprocess_spec
+from pipeline.weights import WeightsSource
 
 log = logging.getLogger("bench.feature_cache")
 NUM_CLASSES, SIZE, VAL_SHARE = 5, 224, 0.2

@@ -46,8 +46,9 @@ from pipeline.checkpoint import load_weights
 from pipeline.engine import autocast, model_input, resolve_device
 from pipeline.freeze import apply_freeze
 from pipeline.metrics import Evaluation, evaluate, nan_to_none
-from pipeline.models import WeightsSource, build_model
+from pipeline.models import build_model
 from pipeline.transforms import Preprocess
+from pipeline.weights import WeightsSource
 
 log = logging.getLogger(__name__)
 

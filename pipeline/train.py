@@ -45,8 +45,9 @@ from pipeline import data, features, run_tracking, tracking
 from pipeline.checkpoint import Checkpointer, save_weights
 from pipeline.engine import EpochCallback, FitConfig, FitResult, fit, resolve_device
 from pipeline.freeze import FreezeReport, apply_freeze, feature_extractor, param_groups
-from pipeline.models import WeightsSource, build_model, model_data_config, resolve_weights
+from pipeline.models import build_model, model_data_config
 from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
+from pipeline.weights import WeightsSource, resolve_weights
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.freeze import apply_freeze, feature_extractor
-from pipeline.models import build_model, model_data_config, resolve_weights
+from pipeline.models import build_model, model_data_config
+from pipeline.weights import resolve_weights
 
 pytestmark = pytest.mark.integration
 

@@ -14,14 +14,9 @@ import torch
 from huggingface_hub import constants
 from safetensors.torch import save_file
 
-from pipeline import models
-from pipeline.models import (
-    WeightsSource,
-    build_model,
-    load_preset,
-    model_data_config,
-    resolve_weights,
-)
+from pipeline import models, weights
+from pipeline.models import build_model, load_preset, model_data_config
+from pipeline.weights import WeightsSource, resolve_weights
 
 SMALL_VGG = {"mlp_ratio": 1 / 16}  # VGG key layout (features, pre_logits, head.fc), 1/8 size
 
@@ -30,7 +25,7 @@ SMALL_VGG = {"mlp_ratio": 1 / 16}  # VGG key layout (features, pre_logits, head.
 def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No network, no user weights folder, an empty default Hugging Face cache."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv(models.ENV_WEIGHTS_DIR, raising=False)
+    monkeypatch.delenv(weights.ENV_WEIGHTS_DIR, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "default-hf-cache"))
 
 
@@ -88,7 +83,7 @@ def test_weights_dir_before_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     first, second = tmp_path / "first", tmp_path / "second"
     touch(first, "resnet18.a.safetensors")
     touch(second, "resnet18.b.safetensors")
-    monkeypatch.setenv(models.ENV_WEIGHTS_DIR, str(second))
+    monkeypatch.setenv(weights.ENV_WEIGHTS_DIR, str(second))
     assert Path(resolve_weights("resnet18", "imagenet", first).location).parent == first
     assert Path(resolve_weights("resnet18", "imagenet").location).parent == second
     touch(tmp_path / "empty")
@@ -113,7 +108,7 @@ def test_unreachable_hub_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     def no_network(*args, **kwargs):
         raise ConnectionError("Name or service not known")
 
-    monkeypatch.setattr(models, "get_hf_file_metadata", no_network)
+    monkeypatch.setattr(weights, "get_hf_file_metadata", no_network)
     with pytest.raises(ValueError, match=r"unreachable.*ConnectionError"):
         resolve_weights("resnet18", "imagenet", tmp_path)
 
@@ -125,7 +120,7 @@ def test_reachable_hub_records_the_file_hash(monkeypatch: pytest.MonkeyPatch) ->
     class Meta:
         etag = '"' + "ab" * 32 + '"'
 
-    monkeypatch.setattr(models, "get_hf_file_metadata", lambda *a, **k: Meta())
+    monkeypatch.setattr(weights, "get_hf_file_metadata", lambda *a, **k: Meta())
     source = resolve_weights("vgg16", "imagenet")
     assert source == WeightsSource("hub", "timm/vgg16.tv_in1k", "ab" * 32)
 
@@ -185,7 +180,7 @@ def test_default_hf_cache_is_the_hub_source_offline(monkeypatch: pytest.MonkeyPa
     (repo / "refs" / "main").write_text("feed")
     source = resolve_weights("resnet10t", "imagenet")
     assert (source.kind, source.location) == ("hub", "timm/resnet10t.c3_in1k")
-    assert source.sha256 == models._sha256(repo / "snapshots" / "feed" / "model.safetensors")
+    assert source.sha256 == weights._sha256(repo / "snapshots" / "feed" / "model.safetensors")
     model = build_model("resnet10t", 2, source)
     assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
 
@@ -230,7 +225,7 @@ def test_presets_are_valid_timm_models() -> None:
     assert wanted <= set(data["presets"])
     for name in data["presets"]:
         preset = load_preset(name)
-        assert timm.is_model(timm.models.split_model_name_tag(preset["model"])[0]), name
+        assert timm.is_model(weights.split_model_name_tag(preset["model"])[0]), name
         assert preset["lr"] > 0 and preset["batch_size"] > 0 and preset["notes"]
     assert load_preset("default")["model"] == "vgg16.tv_in1k"
 

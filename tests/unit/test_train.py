@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from data_prep.params import read_yaml
 from pipeline import train
 from pipeline.freeze import apply_freeze
-from pipeline.models import build_model, resolve_weights
+from pipeline.models import build_model
+from pipeline.weights import resolve_weights
 from tests.unit.test_data import CLASSES, write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
