@@ -28,7 +28,7 @@ quick: $(STAMP)
 	dvc exp run -f -n cpu-quick $(QUICK)
 
 test: $(STAMP)
-	pytest
+	pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	ruff check data_prep pipeline tests bench

@@ -245,15 +245,95 @@ def _windows(ctx: Context, record: str, header: wfdb_io.Header, seg: Segments,
     if np.isnan(x).all():
         raise RecordSkip("all_nan", lost, f"record {record}: every sample of the lead is NaN")
     try:
-        y, nan_mask = signals.condition(x, header.fs, params.target_fs, params.bandpass_hz,
-                                        params.filter_order)
+        windows, clean = condition_and_cut(x, header.fs, seg.start, params)
     except ValueError as err:  # e.g. a record shorter than the filter's padding
         raise RecordSkip("signal_error", lost, f"record {record}: {err}") from None
-    _, length, _ = params.geometry()
-    seg.keep(~signals.touches(nan_mask, seg.start, length), "nan_samples")
-    windows, kept = signals.cut_windows(y, seg.start, length)
-    assert kept.all(), "candidates were checked against the record edges"
+    seg.keep(clean, "nan_samples")
     return windows
+
+
+# ------------------------------------------------- one lead in memory (shared with predict)
+
+
+def condition_and_cut(x: np.ndarray, fs_in: float, starts: np.ndarray,
+                      params: SegmentParams) -> tuple[np.ndarray, np.ndarray]:
+    """Conditions one raw lead and cuts its windows, exactly as the stage does.
+
+    NaN fill, resampling to target_fs and band-pass (`signals.condition`), then the windows
+    [start, start + length) of the segment geometry; windows touching NaN-derived samples are
+    left out.
+
+    Args:
+        x: the raw lead at fs_in, physical units (NaN where invalid).
+        fs_in: its sampling rate in Hz.
+        starts: window starts in target_fs samples, every window inside the record.
+        params: the segment params.
+
+    Returns:
+        The (n_clean, length) float32 windows and the mask over `starts` of those kept.
+
+    Raises:
+        ValueError: the lead cannot be conditioned (all NaN, shorter than the filter padding).
+    """
+    y, nan_mask = signals.condition(x, fs_in, params.target_fs, params.bandpass_hz,
+                                    params.filter_order)
+    _, length, _ = params.geometry()
+    starts = np.asarray(starts, dtype=np.int64)
+    assert signals.inside(starts, length, y.shape[0]).all(), "starts must lie inside the record"
+    clean = ~signals.touches(nan_mask, starts, length)
+    windows, _ = signals.cut_windows(y, starts[clean], length)
+    return windows, clean
+
+
+def cut_beats(x: np.ndarray, fs_in: float, beats: np.ndarray,
+              params: SegmentParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Beat-mode windows of one raw lead from (signal, fs, beat samples), as the stage cuts them.
+
+    Args:
+        x: the raw lead at fs_in.
+        fs_in: its sampling rate in Hz.
+        beats: beat samples at fs_in (annotations or a detector's).
+        params: the segment params (beat_window_s, target_fs, band-pass...).
+
+    Returns:
+        The (n_ok, length) float32 windows of the beats whose status is "", the beats' centre
+        samples at target_fs, and per beat its status: "" (cut) or the reason the stage counts
+        it as skipped ("annotation_past_end", "record_edge", "nan_samples").
+
+    Raises:
+        ValueError: the lead cannot be conditioned (see `condition_and_cut`).
+    """
+    beats = np.asarray(beats, dtype=np.int64)
+    offset, length, _ = params.geometry()
+    sample = signals.map_samples(beats, fs_in, params.target_fs)
+    start = sample - offset
+    n_out = signals.resampled_length(x.shape[0], fs_in, params.target_fs)
+    status = np.full(beats.size, "", dtype=object)
+    status[(beats < 0) | (beats >= x.shape[0])] = "annotation_past_end"
+    status[(status == "") & ~signals.inside(start, length, n_out)] = "record_edge"
+    ok = np.flatnonzero(status == "")
+    windows, clean = condition_and_cut(x, fs_in, start[ok], params)
+    status[ok[~clean]] = "nan_samples"
+    return windows, sample, status
+
+
+def cut_fixed(x: np.ndarray, fs_in: float,
+              params: SegmentParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rhythm/record-mode windows (window_s every window_stride_s) of one raw lead.
+
+    Returns:
+        As `cut_beats`: the windows with status "", the window starts at target_fs and the
+        per-window status ("" or "nan_samples"); no window when the lead is shorter than one.
+    """
+    _, length, stride = params.geometry()
+    n_out = signals.resampled_length(x.shape[0], fs_in, params.target_fs)
+    starts = signals.window_starts(n_out, length, stride)
+    status = np.full(starts.size, "", dtype=object)
+    if not starts.size:
+        return np.empty((0, length), dtype=np.float32), starts, status
+    windows, clean = condition_and_cut(x, fs_in, starts, params)
+    status[~clean] = "nan_samples"
+    return windows, starts, status
 
 
 def process_record(ctx: Context, record: str) -> RecordResult:

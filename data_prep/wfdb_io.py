@@ -130,6 +130,30 @@ def list_records(record_dir: Path) -> list[str]:
     return records
 
 
+def detect_qrs(signal: np.ndarray, fs: float) -> np.ndarray:
+    """QRS complexes of one lead with wfdb's XQRS detector, for records without beat annotations.
+
+    XQRS (wfdb.processing.xqrs_detect) is a validated detector with adaptive thresholds,
+    learned from the record's first seconds; it band-passes internally, so `signal` can be
+    the raw lead. Its indices mark the detector's filtered QRS energy, not necessarily the R
+    peak where beat annotations sit: callers that centre windows on beats refine them.
+
+    Args:
+        signal: one lead in physical units, without NaN.
+        fs: its sampling rate in Hz.
+
+    Returns:
+        Sorted sample indices of the detected QRS complexes (possibly empty).
+    """
+    from wfdb import processing  # imported on use: it pulls in extra modules at import time
+
+    x = np.asarray(signal, dtype=np.float64)
+    if x.size < 2 * fs:  # XQRS learns over its first seconds; shorter input has no beat to find
+        return np.empty(0, dtype=np.int64)
+    found = processing.xqrs_detect(x, fs=float(fs), verbose=False)
+    return np.unique(np.asarray(found, dtype=np.int64))
+
+
 # ----------------------------------------------------------------------------- download
 
 

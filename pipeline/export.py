@@ -1,0 +1,313 @@
+"""Export stage: one trained model -> a self-contained bundle for research scripts.
+
+Reads `models/<run>/` (model.safetensors, resolved_config.json, mlflow_run.json when
+registering), `reports/<run>/` (metrics.json, predictions.csv, details/evaluation_config.json),
+`data/segments/meta.json` and `summary.json`, `data/spectrograms/` (meta.json, shards of the
+test images), `data/splits/summary.json` (optional), the label map YAML and params.yaml
+(`segment:`, `spectrogram:`, `export:`). Writes `models/export/<run>/` (see `pipeline.bundle`):
+model.onnx, bundle.json, model_card.md. The folder appears only when everything passed.
+
+Parity check: the ONNX graph is run on the test images of predictions.csv (all of them, or
+`export.parity_max_images` spread evenly) and must reproduce the evaluate stage's probabilities
+to `export.parity_atol`; otherwise the stage fails and writes no bundle. Then, if
+`export.register_model`, the model evaluate logged to the run's MLflow run is registered as a new
+version of `export.registered_name` with `export.alias`, and the bundle is attached to the run.
+
+Run: python -m pipeline.export --params params.yaml --model models/<run> --reports reports/<run>
+--segments data/segments --spectrograms data/spectrograms --out models/export/<run>
+(dvc.yaml runs it for every backbone x freeze mode of the train matrix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import timm
+import torch
+from pydantic import Field
+from torch import nn
+
+from data_prep.configs import load_label_map
+from data_prep.layout import load_shard, read_json
+from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, read_yaml
+from data_prep.segment import SegmentParams
+from data_prep.spectrogram import SpectrogramParams, image_meta
+from pipeline import bundle, provenance, run_tracking, tracking
+from pipeline.evaluate import CONFIG, DETAILS, METRICS, PREDICTIONS, load_model, read_predictions
+from pipeline.transforms import Preprocess
+
+log = logging.getLogger(__name__)
+
+STFT_KEYS = ("window", "nperseg", "noverlap", "nfft", "fmin_hz", "fmax_hz")
+
+
+class ExportParams(StrictModel):
+    """The `export:` section of params.yaml (the comments there say why each value)."""
+
+    opset: int = Field(ge=17)
+    batch_size: int = Field(ge=1)
+    parity_atol: float = Field(gt=0)
+    parity_atol_amp: float = Field(gt=0)
+    parity_max_images: int | None = Field(default=None, ge=1)
+    register_model: bool
+    registered_name: str = Field(min_length=1)
+    alias: str | None = None
+
+
+class BundleNet(nn.Module):
+    """uint8-valued spectrograms (B, S, S) -> (softmax probabilities, logits): the ONNX graph."""
+
+    def __init__(self, preprocess: Preprocess, model: nn.Module):
+        super().__init__()
+        self.preprocess, self.model = preprocess, model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(self.preprocess(images)).float()
+        return torch.softmax(logits, dim=1), logits
+
+
+# ----------------------------------------------------------------------------- pure core
+
+
+def export_onnx(net: BundleNet, image_size: int, path: Path, opset: int) -> None:
+    """Writes `net` as ONNX with a dynamic batch axis (torch.export-based exporter)."""
+    example = torch.zeros(2, image_size, image_size, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(net.eval(), (example,), str(path), dynamo=True, opset_version=opset,
+                      input_names=[bundle.INPUT_NAME], output_names=list(bundle.OUTPUT_NAMES),
+                      dynamic_shapes={"images": {0: batch}}, external_data=False)
+    onnx.checker.check_model(str(path))
+
+
+def onnx_session(path: Path) -> ort.InferenceSession:
+    """An onnxruntime CPU session (protobuf only: loading runs no pickled code)."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session: ort.InferenceSession, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Softmax probabilities (n, K) of uint8 images (n, S, S), in batches."""
+    out = [session.run([bundle.OUTPUT_NAMES[0]], {bundle.INPUT_NAME: images[i:i + batch_size]})[0]
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.empty((0, 0), dtype=np.float32)
+
+
+def parity_rows(predictions: pd.DataFrame, cap: int | None) -> pd.DataFrame:
+    """The test rows to check: all, or `cap` spread evenly over them (so every record counts)."""
+    test = predictions[predictions["split"] == "test"].reset_index(drop=True)
+    if cap is None or len(test) <= cap:
+        return test
+    return test.iloc[np.linspace(0, len(test) - 1, cap).round().astype(int)].reset_index(drop=True)
+
+
+def load_images(spectrograms: Path, rows: pd.DataFrame) -> np.ndarray:
+    """uint8 images (n, S, S) of (record, row) pairs, read from the spectrogram shards."""
+    parts = np.empty(len(rows), dtype=object)
+    for record, group in rows.groupby("record", sort=False):
+        shard = load_shard(spectrograms, str(record))
+        for i, image in zip(group.index, shard[group["row"].to_numpy()], strict=True):
+            parts[i] = image
+    return np.stack(parts.tolist()) if len(rows) else np.empty((0, 0, 0), dtype=np.uint8)
+
+
+def check_parity(reference: pd.DataFrame, probs: np.ndarray, classes: list[str], atol: float,
+                 source: Path) -> dict:
+    """Compares ONNX probabilities with evaluate's; raises with the worst rows when off.
+
+    Raises:
+        ValueError: max |difference| > atol, naming the file, the worst images and the fixes.
+    """
+    expected = reference[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    diff = np.abs(probs.astype(np.float64) - expected)
+    worst = float(diff.max()) if diff.size else 0.0
+    agree = float(np.mean(probs.argmax(1) == expected.argmax(1))) if len(probs) else 1.0
+    result = {"images": len(probs), "max_abs_diff": worst, "atol": atol, "argmax_agreement": agree}
+    if worst > atol:
+        order = np.argsort(-diff.max(axis=1))[:5]
+        where = ", ".join(f"{reference['record'][i]} row {reference['row'][i]} "
+                          f"({diff[i].max():.2e})" for i in order)
+        raise ValueError(
+            f"parity check failed: the ONNX bundle's test probabilities differ from {source} by "
+            f"up to {worst:.3g} > export.parity_atol {atol:g} ({len(probs)} images; worst: "
+            f"{where}). predictions.csv is stale or was edited (re-run dvc repro evaluate), or "
+            "the model, spectrograms and report come from different runs.")
+    return result
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def _stage_params(params_path: Path, segments: Path, spectrograms: Path
+                  ) -> tuple[SegmentParams, SpectrogramParams]:
+    """segment/spectrogram params, checked against the data folders' meta (stale data fails)."""
+    data = read_yaml(params_path)
+    seg = SegmentParams.model_validate(data["segment"])
+    spec = SpectrogramParams.model_validate(data["spectrogram"])
+    seg_meta, spec_meta = read_json(segments / "meta.json"), read_json(spectrograms / "meta.json")
+    stft = spec_meta.get("stft", {})
+    if seg_meta.get("params") != seg.model_dump(mode="json") or any(
+            stft.get(k) != getattr(spec, k) for k in STFT_KEYS) or spec_meta.get(
+            "image_size") != spec.image_size:
+        raise ValueError(f"{params_path} segment/spectrogram params differ from those that made "
+                         f"{segments} / {spectrograms}; re-run dvc repro (segment, spectrogram, "
+                         "train, evaluate) before exporting")
+    return seg, spec
+
+
+def _data_info(segments: Path, splits: Path, resolved: dict) -> dict:
+    split_summary = splits / "summary.json"
+    summary = read_json(split_summary) if split_summary.is_file() else {}
+    seg_summary = read_json(segments / "summary.json") if (segments / "summary.json").is_file() \
+        else {}
+    return {"database": seg_summary.get("database") or read_json(segments / "meta.json").get(
+                "database"),
+            "segments_kept": seg_summary.get("segments_kept"),
+            "split_definition": summary.get("definition"),
+            "splits": {s: {"records": p.get("records", []), "counts": p.get("counts", {})}
+                       for s, p in summary.get("splits", {}).items()},
+            "leakage": summary.get("leakage"),
+            "used_in_training": resolved.get("counts")}
+
+
+def _versions(opset: int) -> dict:
+    return {"package": bundle.package_version(), "python": platform.python_version(),
+            "torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__, "numpy": np.__version__, "opset": opset}
+
+
+def _metadata(name: str, resolved: dict, seg: SegmentParams, spec: SpectrogramParams,
+              reports: Path, data_info: dict, model_file: Path, opset: int) -> dict:
+    offset, length, _ = seg.geometry()
+    labels = load_label_map(Path(seg.label_map))
+    return {
+        "bundle_format": bundle.BUNDLE_FORMAT, "name": name,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "classes": list(resolved["classes"]),
+        "label_map": {"source": seg.label_map, **labels.model_dump()},
+        "model": {"file": bundle.MODEL_ONNX, "sha256": bundle.sha256(model_file), "format": "onnx",
+                  "opset": opset, "backbone": resolved["backbone"], "freeze": resolved["freeze"],
+                  "input": {"name": bundle.INPUT_NAME, "dtype": "uint8",
+                            "shape": ["batch", spec.image_size, spec.image_size]},
+                  "outputs": {"probs": "softmax probabilities (batch, K), K in classes order",
+                              "logits": "pre-softmax scores (batch, K)"},
+                  "weights": resolved.get("weights"),
+                  "train_params": resolved.get("params")},
+        "preprocessing": {
+            "segment": seg.model_dump(mode="json"),
+            "window": {"fs": seg.target_fs, "offset_samples": offset, "window_samples": length},
+            "spectrogram": spec.model_dump(mode="json"),
+            "image": image_meta(spec, float(seg.target_fs), length),
+            "model_input": resolved["preprocessing"]},
+        "metrics": {"source": str(reports / METRICS),
+                    **read_json(reports / METRICS)},
+        "data": data_info,
+        "versions": _versions(opset),
+        "provenance": {"git_commit": provenance.git_commit(),
+                       "dvc": provenance.dvc_data_version(),
+                       "train_data_version": resolved.get("data_version"),
+                       "train_fingerprint": resolved.get("fingerprint")},
+    }
+
+
+# ----------------------------------------------------------------------------- run + CLI
+
+
+def _atol(params: ExportParams, reports: Path) -> float:
+    """float32 evaluations must match to parity_atol; bf16-autocast ones only to the amp one."""
+    config = reports / DETAILS / CONFIG
+    precision = read_json(config).get("precision") if config.is_file() else "float32"
+    if precision == "float32":
+        return params.parity_atol
+    log.warning("%s: evaluate ran with %s; the parity check uses export.parity_atol_amp=%g (set "
+                "evaluate.amp: false for float32 reports that the bundle reproduces to %g)",
+                config, precision, params.parity_atol_amp, params.parity_atol)
+    return params.parity_atol_amp
+
+
+def _register(params: ExportParams, model_dir: Path, out: Path) -> str | None:
+    """Registers the model evaluate logged (artifact "model") and attaches the bundle."""
+    if not params.register_model:
+        log.info("export.register_model is false: not registering %s in MLflow", out)
+        return None
+    run_id = run_tracking.read_run_file(model_dir)["run_id"]
+    tracking.log_artifacts(run_id, out, "bundle")
+    try:
+        version = tracking.register_model(run_id, "model", params.registered_name, params.alias)
+    except Exception as err:  # mlflow's own exception type lives behind pipeline.tracking
+        raise ValueError(
+            f"cannot register the model of MLflow run {run_id} ({model_dir}): {err}. Set "
+            "tracking.log_model: true and re-run evaluate, or set export.register_model: false "
+            f"(the bundle {out} is complete without it)") from err
+    tracking.set_tags(run_id, {"export.bundle": str(out),
+                               "export.registered": f"{params.registered_name}/{version}"})
+    log.info("registered %s version %s (alias %s)", params.registered_name, version, params.alias)
+    return version
+
+
+def run(params: ExportParams, params_path: Path, model_dir: Path, reports: Path,
+        segments: Path, spectrograms: Path, out: Path, splits: Path = Path("data/splits")) -> dict:
+    """Writes the bundle of `model_dir` to `out` (module doc); returns its bundle.json content."""
+    seg, spec = _stage_params(params_path, segments, spectrograms)
+    model, preprocess, resolved = load_model(model_dir)
+    classes = list(resolved["classes"])
+    predictions = read_predictions(reports / PREDICTIONS)
+    rows = parity_rows(predictions, params.parity_max_images)
+    if rows.empty:
+        raise ValueError(f"{reports / PREDICTIONS}: no test rows to check the bundle "
+                         "against; add test to evaluate.splits and re-run evaluate")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared
+    try:  # built beside `out` and moved there only once complete: a failure leaves no bundle
+        export_onnx(BundleNet(preprocess, model), spec.image_size, work / bundle.MODEL_ONNX,
+                    params.opset)
+        session = onnx_session(work / bundle.MODEL_ONNX)
+        log.info("parity check on %d of %d test images (export.parity_max_images=%s)",
+                 len(rows), int((predictions["split"] == "test").sum()), params.parity_max_images)
+        probs = run_onnx(session, load_images(spectrograms, rows), params.batch_size)
+        parity = check_parity(rows, probs, classes, _atol(params, reports),
+                              reports / PREDICTIONS)
+        meta = _metadata(out.name, resolved, seg, spec, reports,
+                         _data_info(segments, splits, resolved), work / bundle.MODEL_ONNX,
+                         params.opset)
+        meta["parity"] = {**parity, "reference": str(reports / PREDICTIONS)}
+        bundle.write_bundle_json(work, meta)
+        (work / bundle.MODEL_CARD).write_text(bundle.render_model_card(meta))
+        shutil.rmtree(out, ignore_errors=True)
+        work.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("wrote %s (parity: max |diff| %.2e on %d images)", out, parity["max_abs_diff"],
+             parity["images"])
+    _register(params, model_dir, out)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    parser.add_argument("--model", type=Path, required=True, help="train run folder")
+    parser.add_argument("--reports", type=Path, help="evaluate folder (default: reports/<run>)")
+    parser.add_argument("--segments", type=Path, default=Path("data/segments"))
+    parser.add_argument("--spectrograms", type=Path, default=Path("data/spectrograms"))
+    parser.add_argument("--splits", type=Path, default=Path("data/splits"))
+    parser.add_argument("--out", type=Path, help="bundle folder (default: models/export/<run>)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    params = load_section("export", ExportParams, args.params)
+    name = args.model.name
+    run(params, args.params, args.model, args.reports or Path("reports") / name, args.segments,
+        args.spectrograms, args.out or Path("models/export") / name, args.splits)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Classify new ECG records with an exported bundle: the light runtime for research scripts.
+
+Imports numpy, scipy, pandas, onnxruntime and `data_prep` (lead choice, resampling, band-pass,
+window cutting and spectrogram images: the very functions the segment and spectrogram stages
+use) - never torch, timm, mlflow or dvc. Reads a bundle folder (`pipeline.bundle`) and WFDB
+records (any sampling rate wfdb reads); writes nothing except the CLI's CSV.
+
+    from pipeline.predict import load_bundle
+    bundle = load_bundle("models/export/vgg16.tv_in1k-frozen")
+    table = bundle.predict_record("mitdb/100")         # beats from 100.atr when present
+
+One row per beat (beat bundles) or window (rhythm/record bundles): record, sample (at the
+record's own rate), time_s, beat_source, symbol and label (reference annotation, if any),
+status, note, pred and prob_<class>. Rows whose status is not "ok" carry no prediction:
+record_edge / annotation_past_end (window leaves the record), nan_samples, flat (lead off or
+saturated), and record-level rows (shorter_than_window, no_beats, all_nan, signal_error,
+record_error). Each is also logged as a warning.
+
+Run: python -m pipeline.predict --bundle models/export/<run> RECORD_OR_FOLDER... --out p.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+
+from data_prep import segment, signals, wfdb_io
+from data_prep.configs import LabelMap
+from data_prep.segment import SegmentParams
+from data_prep.spectrogram import SpectrogramParams, spectrogram_images
+from pipeline.bundle import INPUT_NAME, OUTPUT_NAMES, read_bundle_json
+
+log = logging.getLogger(__name__)
+
+BUNDLE_ANNOTATOR = "bundle"  # predict_record default: the annotator the bundle was trained with
+BATCH = 64
+# Lead-off and saturation show as a raw value that does not change: a window is "flat" when at
+# least FLAT_FRACTION of it lies in constant stretches of FLAT_RUN_S or longer. A real ECG is
+# never constant to the last ADC bit for 0.2 s (mitdb: 5 uV per step, noise larger than that).
+FLAT_RUN_S, FLAT_FRACTION = 0.2, 0.5
+BASE = ("record", "sample", "time_s", "beat_source", "symbol", "label", "status", "note", "pred")
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: its metadata, preprocessing params and ONNX session."""
+
+    path: Path
+    meta: dict
+    segment: SegmentParams
+    spectrogram: SpectrogramParams
+    labels: LabelMap
+    session: ort.InferenceSession
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def columns(self) -> list[str]:
+        return [*BASE, *(f"prob_{c}" for c in self.classes)]
+
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (n, K) of uint8 spectrograms (n, S, S) as the stage makes them."""
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        out = [self.session.run([OUTPUT_NAMES[0]], {INPUT_NAME: images[i:i + BATCH]})[0]
+               for i in range(0, len(images), BATCH)]
+        return np.concatenate(out) if out else np.empty((0, len(self.classes)), np.float32)
+
+    def predict_signal(self, signal: np.ndarray, fs: float, beats: np.ndarray | None = None,
+                       *, record: str = "signal", symbols: np.ndarray | None = None
+                       ) -> pd.DataFrame:
+        """Classifies one in-memory lead.
+
+        Args:
+            signal: 1-D lead in physical units (mV for mitdb-like records); NaN where invalid.
+            fs: its sampling rate in Hz (resampled to the bundle's rate here).
+            beats: beat samples at `fs`; None runs the XQRS detector (beat bundles only).
+            record: the name written in the record column.
+            symbols: annotation symbol of each beat, for the symbol/label columns.
+        """
+        x = np.asarray(signal, dtype=np.float64)
+        if x.ndim != 1:
+            raise ValueError(f"signal must be one lead (1-D), got shape {x.shape}; pick a column")
+        if np.isnan(x).all():
+            return self._problem(record, "all_nan", "every sample is NaN")
+        _, length, _ = self.segment.geometry()
+        if signals.resampled_length(x.size, fs, self.segment.target_fs) < length:
+            return self._problem(record, "shorter_than_window",
+                                 f"{x.size / fs:.2f} s of signal < one {self._window_s()} s window")
+        source = "annotation" if beats is not None else "detector"
+        if self.segment.label_mode == "beat" and beats is None:
+            beats = wfdb_io.detect_qrs(signals.fill_nan(x)[0], fs)
+        try:
+            table = self._cut(x, fs, beats, record, source, symbols)
+        except ValueError as err:  # conditioning failed, e.g. shorter than the filter padding
+            return self._problem(record, "signal_error", str(err))
+        if table.empty:
+            return self._problem(record, "no_beats", f"no beat in {x.size / fs:.1f} s of signal")
+        return self._report(table)
+
+    def predict_record(self, record_path: str | Path, annotator: str | None = BUNDLE_ANNOTATOR,
+                       lead: str | None = None) -> pd.DataFrame:
+        """Classifies one WFDB record (`dir/name`, with or without .hea).
+
+        Args:
+            record_path: the record, e.g. "mitdb/100".
+            annotator: beat annotation extension; default the bundle's ("atr"); None always
+                detects beats. A record without that file gets detected beats too.
+            lead: a lead name to use instead of the bundle's preference list.
+
+        Raises:
+            ValueError: none of the bundle's leads is in the record (names the leads present).
+            FileNotFoundError: the record's header or signal file is missing.
+        """
+        path = Path(record_path)
+        folder, name = path.parent, path.name.removesuffix(".hea").removesuffix(".dat")
+        header = wfdb_io.read_header(folder, name)
+        wanted = [lead] if lead else self.segment.leads
+        channel, _ = signals.choose_lead(header.sig_names, wanted, "skip")
+        if channel is None:
+            raise ValueError(
+                f"record {folder / name}: leads {list(header.sig_names)}, none of {wanted} that "
+                f"the bundle was trained on; pass lead=<name> (CLI --lead) to use another lead "
+                "knowingly")
+        x = wfdb_io.read_signal(folder, name, channel)
+        beats = symbols = None
+        if self.segment.label_mode == "beat":
+            beats, symbols = self._annotated_beats(folder, name, annotator)
+        return self.predict_signal(x, header.fs, beats, record=name, symbols=symbols)
+
+    def predict_folder(self, folder: str | Path, annotator: str | None = BUNDLE_ANNOTATOR,
+                       lead: str | None = None) -> pd.DataFrame:
+        """Every record of a folder (its RECORDS file, else its .hea files); a record that fails
+        gives one record_error row (and a warning) instead of stopping the others."""
+        tables = []
+        for name in wfdb_io.list_records(Path(folder)):
+            try:
+                tables.append(self.predict_record(Path(folder) / name, annotator, lead))
+            except (ValueError, FileNotFoundError) as err:
+                tables.append(self._problem(name, "record_error", str(err)))
+        return pd.concat(tables, ignore_index=True)
+
+    # ------------------------------------------------------------------------- internals
+
+    def _annotated_beats(self, folder: Path, name: str, annotator: str | None
+                         ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Beats from annotations (symbols not in the label map's ignore list), or None."""
+        bundle_ext = self.segment.annotator or "atr"
+        ext = bundle_ext if annotator == BUNDLE_ANNOTATOR else annotator
+        if ext is None or not (folder / f"{name}.{ext}").is_file():
+            log.info("record %s: no .%s annotations; detecting beats (XQRS)", name, ext)
+            return None, None
+        ann = wfdb_io.read_annotations(folder, name, ext)
+        beat = ~np.isin(ann.symbol, self.labels.ignore)
+        if not beat.any():
+            log.warning("record %s: .%s holds no beat annotation; detecting beats", name, ext)
+            return None, None
+        return ann.sample[beat], ann.symbol[beat]
+
+    def _cut(self, x: np.ndarray, fs: float, beats: np.ndarray | None, record: str,
+             source: str, symbols: np.ndarray | None) -> pd.DataFrame:
+        """Windows as the segment stage cuts them, images, ONNX; one row per beat/window."""
+        seg = self.segment
+        offset, length, _ = seg.geometry()
+        if seg.label_mode == "beat":
+            windows, centre, status = segment.cut_beats(x, fs, beats, seg)
+            starts, sample = centre - offset, np.asarray(beats, dtype=np.int64)
+        else:
+            windows, starts, status = segment.cut_fixed(x, fs, seg)
+            sample, source = signals.map_samples(starts, seg.target_fs, fs), "window"
+        ok = np.flatnonzero(status == "")
+        flat = _flat(x, fs, starts[ok], length, seg.target_fs)
+        status[ok[flat]] = "flat"
+        status[status == ""] = "ok"
+        probs = np.full((len(status), len(self.classes)), np.nan, dtype=np.float32)
+        good = status == "ok"
+        if good.any():
+            images = spectrogram_images(windows[~flat], seg.target_fs, self.spectrogram)
+            probs[good] = self.predict_images(images)
+        symbols = np.asarray(symbols if symbols is not None else [""] * len(status), dtype=str)
+        table = pd.DataFrame({
+            "record": record, "sample": sample, "time_s": sample / fs, "beat_source": source,
+            "symbol": symbols, "label": [self.labels.map.get(s, "") for s in symbols],
+            "status": status.astype(str), "note": "",
+            "pred": np.where(good, np.asarray(self.classes)[np.nan_to_num(probs).argmax(1)], ""),
+            **{f"prob_{c}": probs[:, i] for i, c in enumerate(self.classes)}})
+        return table
+
+    def _report(self, table: pd.DataFrame) -> pd.DataFrame:
+        bad = Counter(table.loc[table["status"] != "ok", "status"])
+        if bad:
+            log.warning("record %s: %d of %d %s not classified (%s)", table["record"].iat[0],
+                        sum(bad.values()), len(table), "beats" if self.segment.label_mode ==
+                        "beat" else "windows", ", ".join(f"{k}: {n}" for k, n in bad.items()))
+        return table.astype({"sample": "Int64"})[self.columns]
+
+    def _problem(self, record: str, status: str, note: str) -> pd.DataFrame:
+        """One record-level row: nothing of this record was classified."""
+        log.warning("record %s not classified (%s): %s", record, status, note)
+        row = {c: "" for c in BASE} | {"record": record, "status": status, "note": note,
+                                       "sample": pd.NA, "time_s": np.nan}
+        row |= {f"prob_{c}": np.float32(np.nan) for c in self.classes}
+        return pd.DataFrame([row]).astype({"sample": "Int64"})[self.columns]
+
+    def _window_s(self) -> float:
+        return self.segment.geometry()[1] / self.segment.target_fs
+
+
+def _flat(x: np.ndarray, fs: float, starts: np.ndarray, length: int, target_fs: float
+          ) -> np.ndarray:
+    """Which windows (starts at target_fs) lie mostly in constant stretches of the raw lead."""
+    if not starts.size:
+        return np.zeros(0, dtype=bool)
+    change = np.flatnonzero(np.diff(x) != 0) + 1
+    runs = np.diff(np.r_[0, change, x.size])
+    in_run = np.repeat(runs >= max(round(FLAT_RUN_S * fs), 2), runs)
+    n_out = signals.resampled_length(x.size, fs, target_fs)
+    counts = np.r_[0, np.cumsum(signals.resample_mask(in_run, fs, target_fs, n_out))]
+    return counts[starts + length] - counts[starts] >= FLAT_FRACTION * length
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Loads an export bundle (bundle.json + model.onnx); nothing is unpickled.
+
+    Raises:
+        FileNotFoundError: not a bundle folder, or its model.onnx is missing.
+        BundleFormatError: a bundle_format this package cannot read (names the fix).
+    """
+    path = Path(path)
+    meta = read_bundle_json(path)
+    pre = meta["preprocessing"]
+    session = ort.InferenceSession(str(path / meta["model"]["file"]),
+                                   providers=["CPUExecutionProvider"])
+    label_map = {k: meta["label_map"][k] for k in ("classes", "map", "ignore")}
+    return Bundle(path, meta, SegmentParams.model_validate(pre["segment"]),
+                  SpectrogramParams.model_validate(pre["spectrogram"]),
+                  LabelMap.model_validate(label_map), session)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, required=True, help="models/export/<run>")
+    parser.add_argument("inputs", nargs="+", type=Path, help="records (dir/name) or folders")
+    parser.add_argument("--out", type=Path, required=True, help="CSV to write")
+    parser.add_argument("--annotator", default=BUNDLE_ANNOTATOR,
+                        help="beat annotation extension (default: the bundle's); 'none' detects")
+    parser.add_argument("--lead", help="use this lead instead of the bundle's preference list")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    annotator = None if args.annotator.lower() == "none" else args.annotator
+    bundle = load_bundle(args.bundle)
+    tables = [bundle.predict_folder(p, annotator, args.lead) if p.is_dir()
+              else bundle.predict_record(p, annotator, args.lead) for p in args.inputs]
+    table = pd.concat(tables, ignore_index=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False, float_format="%.6g")
+    log.info("wrote %s: %d rows, %d classified", args.out, len(table),
+             int((table["status"] == "ok").sum()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""predict: the light runtime on a bundle exported from the tiny synthetic pipeline."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_prep import signals, wfdb_io
+from data_prep.layout import load_shard, read_index
+from pipeline import predict
+from tests.synthetic import ecg_like, regular_beats, write_record, write_records_file
+from tests.unit.test_export import REPO, built  # noqa: F401 (session fixture)
+
+PROBS = [f"prob_{c}" for c in ("N", "S", "V", "F", "Q")]
+
+
+@pytest.fixture(scope="module")
+def bundle(built):  # noqa: F811
+    return predict.load_bundle(built["bundle"])
+
+
+def _ok(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["status"] == "ok"]
+
+
+def test_predict_record_equals_the_stage_images(bundle, built):  # noqa: F811
+    """Same windows and images as segment + spectrogram made for the record (1e-5)."""
+    table = bundle.predict_record(built["raw"] / "r3")
+    index = read_index(built["spectrograms"] / "index.csv").query("record == 'r3'")
+    stage = bundle.predict_images(load_shard(built["spectrograms"], "r3"))[index["row"]]
+    kept = _ok(table)[_ok(table)["label"] != ""]  # the stage keeps mapped symbols only
+    assert len(kept) == len(index) and (kept["beat_source"] == "annotation").all()
+    mapped = signals.map_samples(kept["sample"].to_numpy(np.int64), 360, 250)
+    assert mapped.tolist() == index["sample"].tolist()
+    assert kept["label"].tolist() == index["label"].tolist()
+    np.testing.assert_allclose(kept[PROBS].to_numpy(), stage, atol=1e-5)
+    edge = table[table["status"] != "ok"]
+    assert set(edge["status"]) <= {"record_edge"} and edge[PROBS].isna().all().all()
+
+
+def test_predict_signal_in_memory_equals_predict_record(bundle, built):  # noqa: F811
+    x = wfdb_io.read_signal(built["raw"], "r3", 0)
+    ann = wfdb_io.read_annotations(built["raw"], "r3", "atr")
+    table = bundle.predict_signal(x, 360, ann.sample, record="r3", symbols=ann.symbol)
+    pd.testing.assert_frame_equal(table, bundle.predict_record(built["raw"] / "r3"))
+
+
+def test_no_annotations_at_another_rate_uses_the_detector(bundle, tmp_path):
+    beats = write_record(tmp_path, "hz500", fs=500, seconds=30.0, sig_names=("II",),
+                         annotate=False)
+    table = bundle.predict_record(tmp_path / "hz500")
+    assert (table["beat_source"] == "detector").all()
+    found = table["sample"].to_numpy(np.int64)
+    assert len(found) == len(beats)  # every spike found once, at its sample (+-10 ms)
+    assert np.abs(found - beats).max() <= 5
+    ok = _ok(table)
+    assert len(ok) >= len(beats) - 3 and np.allclose(ok[PROBS].sum(axis=1), 1, atol=1e-5)
+    assert set(ok["pred"]) <= set(bundle.classes)
+    np.testing.assert_allclose(table["time_s"], found / 500)
+
+
+def test_missing_lead_names_the_leads_present(bundle, tmp_path):
+    write_record(tmp_path, "v", sig_names=("V1", "V5"))
+    with pytest.raises(ValueError, match=r"leads \['V1', 'V5'\], none of .*MLII.*lead="):
+        bundle.predict_record(tmp_path / "v")
+    assert (_ok(bundle.predict_record(tmp_path / "v.hea", lead="V5"))).shape[0] > 0
+
+
+def test_short_record_is_reported_not_classified(bundle, tmp_path, caplog):
+    write_record(tmp_path, "short", seconds=2.0, beats=[360])
+    with caplog.at_level(logging.WARNING):
+        table = bundle.predict_record(tmp_path / "short")
+    assert table["status"].tolist() == ["shorter_than_window"] and table["pred"].tolist() == [""]
+    assert "short" in caplog.text and "shorter_than_window" in caplog.text
+
+
+def test_nan_and_flat_segments_are_reported(bundle, caplog):
+    fs, n = 250, 250 * 40
+    beats = regular_beats(n, fs)
+    x = ecg_like(n, fs, beats)
+    x[250 * 10:250 * 12] = np.nan  # 2 s of invalid samples
+    x[250 * 22:250 * 30] = 0.4  # 8 s lead-off: constant value
+    with caplog.at_level(logging.WARNING):
+        table = bundle.predict_signal(x, fs, beats)
+    time = table["time_s"]
+    assert (table.loc[time.between(10.2, 11.8), "status"] == "nan_samples").all()
+    assert (table.loc[time.between(23.5, 28.5), "status"] == "flat").all()
+    assert (table.loc[time.between(4, 8), "status"] == "ok").all()
+    bad = table[table["status"] != "ok"]
+    assert bad[PROBS].isna().all().all() and (bad["pred"] == "").all()
+    assert "nan_samples" in caplog.text and "flat" in caplog.text
+    assert bundle.predict_signal(np.full(n, np.nan), fs)["status"].tolist() == ["all_nan"]
+    with pytest.raises(ValueError, match="one lead"):
+        bundle.predict_signal(np.zeros((n, 2)), fs)
+
+
+def test_predict_folder_reports_bad_records_and_goes_on(bundle, built, tmp_path):  # noqa: F811
+    write_record(tmp_path, "a", seconds=20.0)
+    write_record(tmp_path, "b", sig_names=("V1",))
+    write_record(tmp_path, "c", seconds=1.0, beats=[100])
+    write_records_file(tmp_path, ["a", "b", "c"])
+    table = bundle.predict_folder(tmp_path)
+    assert list(table.columns) == bundle.columns
+    status = table.groupby("record")["status"].agg(set).to_dict()
+    assert "ok" in status["a"] and status["b"] == {"record_error"}
+    assert status["c"] == {"shorter_than_window"}
+    assert "V1" in table.loc[table["record"] == "b", "note"].iat[0]
+
+
+def test_cli_writes_csv(built, tmp_path):  # noqa: F811
+    out = tmp_path / "p.csv"
+    predict.main(["--bundle", str(built["bundle"]), str(built["raw"] / "r1"), str(built["raw"]),
+                  "--out", str(out), "--annotator", "none"])
+    table = pd.read_csv(out, dtype={"record": str}, keep_default_na=False)
+    assert set(table["record"]) == {"r1", "r2", "r3"} and (table["beat_source"] == "detector").all()
+    assert table.columns.tolist()[:3] == ["record", "sample", "time_s"]
+
+
+def test_predict_imports_no_torch_timm_mlflow_dvc(built):  # noqa: F811
+    script = textwrap.dedent(f"""
+        import sys
+        from importlib.abc import MetaPathFinder
+        BLOCKED = {{"torch", "timm", "mlflow", "dvc", "onnx", "torchvision", "sklearn"}}
+        class Block(MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(f"blocked import of {{name}}")
+        sys.meta_path.insert(0, Block())
+        from pipeline.predict import load_bundle
+        table = load_bundle({str(built["bundle"])!r}).predict_record({str(built["raw"] / "r1")!r})
+        assert (table["status"] == "ok").any()
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        assert not loaded, loaded
+        print("OK")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr[-2000:]
