@@ -13,6 +13,7 @@ import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -88,7 +89,7 @@ def load_split_index(spectrograms: Path, splits: Path, classes: list[str]) -> pd
 
 
 def cap_per_class(
-    frame: pd.DataFrame, max_per_class: Mapping[str, int | None], seed: int
+    frame: pd.DataFrame, max_per_class: Mapping[Any, int | None], seed: int
 ) -> pd.DataFrame:
     """Keeps at most `max_per_class[split]` images per class in each capped split.
 
@@ -147,7 +148,7 @@ def balanced_sampler(targets: np.ndarray, generator: torch.Generator) -> Weighte
     counts = np.bincount(targets)
     sample_weights = 1.0 / counts[targets]
     return WeightedRandomSampler(
-        torch.as_tensor(sample_weights, dtype=torch.double),
+        torch.as_tensor(sample_weights, dtype=torch.double),  # type: ignore[arg-type]  # accepted
         num_samples=len(targets),
         replacement=True,
         generator=generator,
@@ -235,13 +236,15 @@ def make_loader(
         batch_index: index the dataset with whole index lists (a `TensorDataset` then gathers a
             batch in one vectorised call instead of stacking single items).
     """
-    sampler = sampler if sampler is not None else SequentialSampler(range(len(dataset)))
+    if sampler is None:  # map-style datasets have a length
+        sampler = SequentialSampler(range(len(dataset)))  # type: ignore[arg-type]
     cuda = device.type == "cuda"
-    if batch_index:
-        sampler, batch_size = BatchSampler(sampler, batch_size, drop_last=False), None
+    loader_batch: int | None = batch_size
+    if batch_index:  # the sampler yields whole batches of indices
+        sampler, loader_batch = BatchSampler(sampler, batch_size, drop_last=False), None
     return DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=loader_batch,
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=cuda,

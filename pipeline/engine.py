@@ -135,6 +135,8 @@ class WeightedCrossEntropy(nn.Module):
     per class: there, a rare class's large weight pulls every sample's probability towards it.
     """
 
+    weight: torch.Tensor | None  # a buffer, declared for type checkers
+
     def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
         super().__init__()
         self.label_smoothing = label_smoothing

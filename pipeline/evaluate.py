@@ -209,7 +209,7 @@ def run(
         _write_notes(out / DETAILS / NOTES, info, results)
         if run_id:
             classifier = (ImageClassifier(preprocess, model).cpu().float()
-                          if tracking_params.log_model else None)
+                          if tracking_params and tracking_params.log_model else None)
             run_tracking.log_evaluation(
                 run_id, out, metrics, _tags(info),
                 [model_dir / "resolved_config.json", out / DETAILS / CONFIG],
@@ -233,7 +233,7 @@ def _split_frames(
             f"{classes} (resolved_config.json); re-run train on these spectrograms"
         )
     frame = data.load_split_index(spectrograms, splits, classes)
-    available = {s: int((frame["split"] == s).sum()) for s in params.splits}
+    available = {str(s): int((frame["split"] == s).sum()) for s in params.splits}
     frame = data.cap_per_class(frame, dict.fromkeys(params.splits, params.max_per_class),
                                params.seed)
     return {s: data.split_frame(frame, s, splits) for s in params.splits}, available

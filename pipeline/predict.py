@@ -171,6 +171,7 @@ class Bundle:
         seg = self.segment
         offset, length, _ = seg.geometry()
         if seg.label_mode == "beat":
+            assert beats is not None  # predict_signal detects them for beat bundles
             windows, centre, status = segment.cut_beats(x, fs, beats, seg)
             starts, sample = centre - offset, np.asarray(beats, dtype=np.int64)
         else:

@@ -47,8 +47,8 @@ def public_uri(uri: str) -> str:
     """The tracking URI without user:password, fit to be written into a run folder."""
     parts = urlparse(uri)
     if parts.username or parts.password:
-        return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")
-                              ).geturl()
+        port = f":{parts.port}" if parts.port else ""
+        return parts._replace(netloc=f"{parts.hostname or ''}{port}").geturl()
     return uri
 
 
@@ -174,6 +174,6 @@ def log_evaluation(
         tracking.log_artifacts(run_id, preview, "preview")
     else:
         log.info("%s: no preview grids to log", preview)
-    if model is not None:
+    if model is not None and input_example is not None:
         uri = tracking.log_pytorch_model(run_id, model, input_example)
         log.info("logged the model to MLflow as %s", uri)

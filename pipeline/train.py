@@ -26,6 +26,7 @@ import hashlib
 import logging
 import platform
 import time
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -214,7 +215,7 @@ class _TrainSets:
     """What the loop trains and on what: a head on cached features, or the model on images."""
 
     module: torch.nn.Module
-    sets: dict[str, Dataset]
+    sets: Mapping[str, Dataset]
     prepare: ModelInput | None  # device-side image input; None for features
     workers: int
     batch_index: bool  # cached features are gathered a whole batch at a time
@@ -242,7 +243,7 @@ def _train_sets(
     setup.model.to(device).eval()
     if device.type == "cuda":
         setup.model.to(memory_format=torch.channels_last)
-    sets = features.feature_datasets(
+    feature_sets = features.feature_datasets(
         feature_fn,
         {s: data.SpectrogramDataset(spectrograms, df) for s, df in frames.items()},
         Path(params.feature_cache_dir or out / "features") / f"{backbone}-{key}",
@@ -250,7 +251,7 @@ def _train_sets(
         batch_size=2 * params.batch_size,  # no gradients to keep: twice the batch fits
         workers=workers, dtype=params.feature_dtype,
     )
-    return _TrainSets(head, sets, None, workers=0, batch_index=True)
+    return _TrainSets(head, feature_sets, None, workers=0, batch_index=True)
 
 
 def _fit(

@@ -69,6 +69,9 @@ class Preprocess(nn.Module):
     scripted into an export bundle.
     """
 
+    mean: torch.Tensor  # buffers, declared for type checkers
+    std: torch.Tensor
+
     def __init__(self, mean: list[float], std: list[float], in_chans: int, scale: float = SCALE):
         super().__init__()
         if len(mean) != in_chans or len(std) != in_chans:
