@@ -102,3 +102,17 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
     """URL of a real MLflow tracking server on loopback, for the whole session."""
     with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread: no OpenMP oversubscription when xdist runs two
+    test processes on CI's two cores. Only where a test module already imported torch."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,14 +25,6 @@ RECORDS = {
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (no OpenMP oversubscription on busy CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def synthetic_image(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     """uint8 spectrogram-like image whose class is a band at a class-specific frequency."""
     img = rng.integers(0, 60, (size, size)).astype(np.uint8)

@@ -30,14 +30,6 @@ CPU = torch.device("cpu")
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (no OpenMP oversubscription on busy CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 class Interrupt(Exception):
     """Stands in for a kill after an epoch's checkpoint was written."""
 

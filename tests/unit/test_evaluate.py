@@ -24,14 +24,6 @@ N_TEST = sum(sum(n) for split, n in RECORDS.values() if split == "test")
 N_VAL = sum(sum(n) for split, n in RECORDS.values() if split == "val")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (no OpenMP oversubscription on busy CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def eval_params(**overrides) -> evaluate.EvaluateParams:
     """The repository's evaluate params with test overrides (so params.yaml is tested too)."""

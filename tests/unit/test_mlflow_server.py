@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 from mlflow import MlflowClient
 
@@ -23,14 +22,6 @@ from tests.unit.test_train import QUICK
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "test-ecg-spectrogram"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_params(folder: Path, log_model: bool = False) -> Path:

@@ -22,14 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 QUICK = {"weights": "random", "epochs": 2, "batch_size": 8, "device": "cpu", "warmup_epochs": 0.5}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (no OpenMP oversubscription on busy CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_params(**overrides) -> train.TrainParams:
     """The repository's train params with test overrides (so params.yaml is tested too)."""

@@ -14,14 +14,6 @@ IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (no OpenMP oversubscription on busy CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def batch(b: int = 4, size: int = 16) -> torch.Tensor:
     return torch.randint(0, 256, (b, size, size), generator=torch.Generator().manual_seed(0),
                          dtype=torch.uint8)
