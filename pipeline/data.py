@@ -29,11 +29,10 @@ from torch.utils.data import (
 )
 
 from data_prep.layout import INDEX, META, load_shard, read_index, read_json, shard_path
+from data_prep.split import ASSIGNMENT, SPLITS
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-ASSIGNMENT = "assignment.csv"
 
 
 def read_meta(spectrograms: Path) -> dict:
