@@ -18,7 +18,6 @@ Run: `python -m data_prep.fetch --params params.yaml --out data/raw`
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 from pydantic import Field
 from tqdm import tqdm
 
-from data_prep.layout import write_json
+from data_prep.layout import sha256_file, write_json
 from data_prep.params import (
     DEFAULT_PARAMS,
     DatasetParams,
@@ -121,11 +120,6 @@ def record_files(db_dir: Path, record: str) -> list[str]:
             "incomplete (re-sync the mirror or fix fetch.records)"
         )
     return [(rel.parent / n).as_posix() for n in names]
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def copy_file(src: Path, dst: Path) -> None:

@@ -6,6 +6,7 @@ folder (DVC is slow on many small files). Record names are always strings ("100"
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -36,6 +37,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         Path(tmp).replace(path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (streamed)."""
+    with Path(path).open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def write_json(path: Path, obj: Any) -> None:

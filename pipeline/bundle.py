@@ -14,7 +14,6 @@ neither torch nor onnxruntime, so both the export stage and `pipeline.predict` u
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from importlib import metadata
@@ -37,15 +36,6 @@ def package_version() -> str:
         return metadata.version(PACKAGE)
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_bundle_json(folder: Path) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from pydantic import Field
 from torch import nn
 
 from data_prep.configs import load_label_map
-from data_prep.layout import load_shard, read_json
+from data_prep.layout import load_shard, read_json, sha256_file
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, read_yaml
 from data_prep.segment import SegmentParams
 from data_prep.spectrogram import SpectrogramParams, image_meta
@@ -193,7 +193,7 @@ def _metadata(name: str, resolved: dict, seg: SegmentParams, spec: SpectrogramPa
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "classes": list(resolved["classes"]),
         "label_map": {"source": seg.label_map, **labels.model_dump()},
-        "model": {"file": bundle.MODEL_ONNX, "sha256": bundle.sha256(model_file), "format": "onnx",
+        "model": {"file": bundle.MODEL_ONNX, "sha256": sha256_file(model_file), "format": "onnx",
                   "opset": opset, "backbone": resolved["backbone"], "freeze": resolved["freeze"],
                   "input": {"name": bundle.INPUT_NAME, "dtype": "uint8",
                             "shape": ["batch", spec.image_size, spec.image_size]},

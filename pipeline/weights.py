@@ -20,7 +20,6 @@ layout, or "imagenet", looked up in this order and never replaced by random weig
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ import timm
 from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import HfHubHTTPError
 from timm.models import get_pretrained_cfg, split_model_name_tag
+
+from data_prep.layout import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def resolve_weights(
         )
         if found:
             log.info("ImageNet weights for %s: %s", model_name, found)
-            return WeightsSource("file", str(found), _sha256(found))
+            return WeightsSource("file", str(found), sha256_file(found))
     return _hub_source(model_name, hub_id, folders)
 
 
@@ -120,7 +121,7 @@ def _explicit_file(path: Path) -> WeightsSource:
         )
     if path.suffix not in FILE_SUFFIXES:
         raise ValueError(f"{path}: weights files must end in {', '.join(FILE_SUFFIXES)}")
-    return WeightsSource("file", str(path.resolve()), _sha256(path))
+    return WeightsSource("file", str(path.resolve()), sha256_file(path))
 
 
 def _weights_folders(weights_dir: Path | None) -> list[Path]:
@@ -174,7 +175,7 @@ def _hub_source(model_name: str, hub_id: str | None, folders: list[Path]) -> Wei
         raise ValueError(_no_weights_message(model_name, folders, reason))
     cached = _cached_hub_file(hub_id, [None])  # the default cache works offline
     if cached:
-        return WeightsSource("hub", hub_id, _sha256(cached))
+        return WeightsSource("hub", hub_id, sha256_file(cached))
     if _hub_offline():
         raise ValueError(_no_weights_message(model_name, folders, "HF_HUB_OFFLINE is set"))
     sha, problem = _probe_hub(hub_id)
@@ -219,9 +220,3 @@ def _no_weights_message(model_name: str, folders: list[Path], reason: str) -> st
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from data_prep import segment, spectrogram
+from data_prep.layout import sha256_file
 from data_prep.params import read_yaml
 from pipeline import bundle, evaluate, export, train
 from tests.synthetic import write_record, write_records_file
@@ -107,7 +108,7 @@ def test_run_writes_a_complete_bundle(built):
     assert pre["segment"]["target_fs"] == 250 and pre["window"]["window_samples"] == 625
     assert pre["spectrogram"]["nperseg"] == 32 and pre["image"]["orientation"]
     assert pre["model_input"]["channels"] == "grey3" and len(pre["model_input"]["mean"]) == 3
-    assert meta["model"]["sha256"] == bundle.sha256(folder / bundle.MODEL_ONNX)
+    assert meta["model"]["sha256"] == sha256_file(folder / bundle.MODEL_ONNX)
     assert meta["model"]["input"]["dtype"] == "uint8" and meta["model"]["opset"] == 20
     assert "se_ci_low" in meta["metrics"]["test"]["N"]
     assert set(meta["versions"]) >= {"package", "torch", "timm", "onnx", "opset"}

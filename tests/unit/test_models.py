@@ -14,6 +14,7 @@ import torch
 from huggingface_hub import constants
 from safetensors.torch import save_file
 
+from data_prep.layout import sha256_file
 from pipeline import models, weights
 from pipeline.models import build_model, load_preset, model_data_config
 from pipeline.weights import WeightsSource, resolve_weights
@@ -180,7 +181,7 @@ def test_default_hf_cache_is_the_hub_source_offline(monkeypatch: pytest.MonkeyPa
     (repo / "refs" / "main").write_text("feed")
     source = resolve_weights("resnet10t", "imagenet")
     assert (source.kind, source.location) == ("hub", "timm/resnet10t.c3_in1k")
-    assert source.sha256 == weights._sha256(repo / "snapshots" / "feed" / "model.safetensors")
+    assert source.sha256 == sha256_file(repo / "snapshots" / "feed" / "model.safetensors")
     model = build_model("resnet10t", 2, source)
     assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
 
