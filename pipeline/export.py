@@ -213,7 +213,7 @@ def _metadata(name: str, resolved: dict, seg: SegmentParams, spec: SpectrogramPa
         "versions": _versions(opset),
         "provenance": {"git_commit": provenance.git_commit(),
                        "dvc": provenance.dvc_data_version(),
-                       "train_data_version": resolved.get("data_version"),
+                       "train_data_fingerprint": resolved.get("data_fingerprint"),
                        "train_fingerprint": resolved.get("fingerprint")},
     }
 

@@ -176,7 +176,9 @@ def run(
         "weights": {**asdict(setup.weights), "describe": setup.weights.describe()},
         "freeze_report": asdict(setup.report), "device": str(device), "seed": params.seed,
         "num_workers": 0 if cached else data.resolve_workers(params.num_workers, device),
-        "data_version": data_version, "fingerprint": fingerprint,
+        # data_fingerprint: shard names/sizes/mtimes, for cache and resume decisions only; the
+        # content hashes of the data are the DVC tags (provenance.dvc_data_version)
+        "data_fingerprint": data_version, "fingerprint": fingerprint,
         "class_weights": weight.tolist() if weight is not None else None,
         "counts": _counts(frame, classes), "cached_features": cached, "versions": _versions(),
     }
