@@ -57,7 +57,8 @@ def tree(tmp_path: Path) -> dict[str, Path]:
 
 
 def split_(tree: dict[str, Path], definition: str = "ds", seed: int = 42, **kw) -> dict:
-    params = SplitParams(definition=definition, val_fraction=kw.pop("val", 0.25),
+    params = SplitParams(definition=definition, folds=kw.pop("folds", 4), val_fold=0,
+                         require_in_val=kw.pop("require", ["N", "S", "V", "F"]),
                          test_fraction=kw.pop("test", 0.25), seed=seed)
     return run(DatasetParams(name=DB), params, tree["segments"], tree["out"], tree["configs"])
 
@@ -238,8 +239,8 @@ def test_labels_outside_meta_classes_raise(tmp_path, tree) -> None:
 
 def test_cli(tree, tmp_path) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text(f"dataset:\n  name: {DB}\nsplit:\n  definition: ds\n  val_fraction: 0.2\n"
-                      "  test_fraction: 0.2\n  seed: 1\n")
+    params.write_text(f"dataset:\n  name: {DB}\nsplit:\n  definition: ds\n  folds: 3\n  val_fold: 0\n"
+                      "  require_in_val: [N]\n  test_fraction: 0.2\n  seed: 1\n")
     split.main(["--params", str(params), "--segments", str(tree["segments"]),
                 "--out", str(tree["out"]), "--configs", str(tree["configs"])])
     assert json.loads((tree["out"] / "summary.json").read_text())["seed"] == 1
