@@ -28,7 +28,7 @@ from pathlib import Path
 from pydantic import Field
 from tqdm import tqdm
 
-from data_prep.layout import sha256_file, write_json
+from data_prep.layout import RECORDS, parse_records, sha256_file, write_json
 from data_prep.params import (
     DEFAULT_PARAMS,
     DatasetParams,
@@ -40,7 +40,6 @@ from data_prep.params import (
 log = logging.getLogger(__name__)
 
 ENV_MIRROR = "ECG_PHYSIONET_MIRROR"
-RECORDS_FILE = "RECORDS"
 MANIFEST_NAMES = ("SHA256SUMS", "SHA256SUMS.txt")  # mirrors made by hand / PhysioNet's own name
 FETCH_JSON = "fetch.json"
 # builtin, socket and requests/urllib3 network errors, by name: neither library is imported
@@ -66,11 +65,6 @@ def resolve_mirror(params_mirror: Path | None, env: Mapping[str, str]) -> Path |
         return Path(params_mirror)
     value = env.get(ENV_MIRROR, "").strip()
     return Path(value) if value else None
-
-
-def parse_records(text: str) -> list[str]:
-    """Record names of a RECORDS file, one per line (a trailing slash marks a folder)."""
-    return [line.strip().rstrip("/") for line in text.splitlines() if line.strip()]
 
 
 def select_records(available: list[str], wanted: list[str], where: str) -> list[str]:
@@ -196,7 +190,7 @@ Staged = tuple[list[str], list[tuple[str, str]], Path | None]  # records, files,
 
 
 def _read_records(db_dir: Path, wanted: list[str]) -> list[str]:
-    records_file = db_dir / RECORDS_FILE
+    records_file = db_dir / RECORDS
     if not records_file.is_file():
         raise FileNotFoundError(
             f"{records_file} missing: a PhysioNet database folder lists its records in RECORDS "
@@ -211,7 +205,7 @@ def _jobs(db_dir: Path, records: list[str], full: bool) -> list[tuple[str, str]]
     jobs = [(r, rel) for r in records for rel in record_files(db_dir, r)]
     # top-level tables (challenge REFERENCE.csv...) that the label modes read from the raw folder
     jobs += [("-", p.name) for p in sorted(db_dir.glob("*.csv")) if p.is_file()]
-    return [*jobs, ("-", RECORDS_FILE)] if full else jobs  # full list: RECORDS kept verbatim
+    return [*jobs, ("-", RECORDS)] if full else jobs  # full list: RECORDS kept verbatim
 
 
 def stage_from_mirror(db_dir: Path, params: FetchParams, staging: Path) -> Staged:
@@ -233,7 +227,7 @@ def stage_from_physionet(db: str, params: FetchParams, staging: Path) -> Staged:
 
     manifest = None
     try:
-        download_file(db, params.version, RECORDS_FILE, staging)
+        download_file(db, params.version, RECORDS, staging)
         try:
             manifest = Path(download_file(db, params.version, MANIFEST_NAMES[1], staging))
         except FileNotFoundError:
@@ -261,7 +255,7 @@ def _mirror_db_dir(mirror: Path, db: str) -> Path:
     if db_dir.is_dir():
         return db_dir
     hint = ""
-    if (mirror / RECORDS_FILE).is_file():
+    if (mirror / RECORDS).is_file():
         hint = f" ({mirror} holds RECORDS itself: point the mirror at its parent folder)"
     raise FileNotFoundError(
         f"PhysioNet mirror folder {db_dir} not found{hint}. A mirror is laid out as "
@@ -272,8 +266,8 @@ def _mirror_db_dir(mirror: Path, db: str) -> Path:
 
 def _finish(staging: Path, records: list[str], checked: dict, manifest_name: str | None) -> None:
     """Writes RECORDS (when a subset was fetched) and the manifest of the fetched files."""
-    if RECORDS_FILE not in checked["digests"]:
-        (staging / RECORDS_FILE).write_text("".join(f"{r}\n" for r in records))
+    if RECORDS not in checked["digests"]:
+        (staging / RECORDS).write_text("".join(f"{r}\n" for r in records))
     for name in MANIFEST_NAMES:  # a downloaded manifest lists every file; rewritten below
         (staging / name).unlink(missing_ok=True)
     if manifest_name is not None:  # the source's name, restricted to the files fetched

@@ -31,7 +31,17 @@ from pydantic import Field
 from sklearn.model_selection import StratifiedGroupKFold
 
 from data_prep.configs import DATABASES_DIR, DatabaseConfig, SplitDefinition, load_database
-from data_prep.layout import INDEX, META, read_index, read_json, write_index, write_json
+from data_prep.layout import (
+    ASSIGNMENT,
+    INDEX,
+    META,
+    SPLITS,
+    SUMMARY,
+    read_index,
+    read_json,
+    write_index,
+    write_json,
+)
 from data_prep.params import (
     DEFAULT_PARAMS,
     DatasetParams,
@@ -42,10 +52,7 @@ from data_prep.params import (
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 RANDOM = "random"
-ASSIGNMENT = "assignment.csv"
-SUMMARY = "summary.json"
 
 class SplitParams(StrictModel):
     """The `split:` section of params.yaml (see the comments there)."""

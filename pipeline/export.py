@@ -40,8 +40,8 @@ from torch import nn
 from data_prep.configs import load_label_map
 from data_prep.layout import load_shard, read_json, sha256_file
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, read_yaml
-from data_prep.segment import SegmentParams
-from data_prep.spectrogram import SpectrogramParams, image_meta
+from data_prep.stft import SpectrogramParams, image_meta
+from data_prep.windows import SegmentParams
 from pipeline import bundle, provenance, run_tracking, tracking
 from pipeline.evaluate import CONFIG, DETAILS, METRICS, PREDICTIONS, load_model, read_predictions
 from pipeline.transforms import Preprocess
