@@ -269,7 +269,9 @@ def run(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path, *,
         "database": database, "label_mode": params.label_mode, "classes": ctx.labels.classes,
         "fs": params.target_fs, "window_samples": length, "offset_samples": offset,
         "leads": {r.record: r.lead for r in results if r.index is not None},
-        "params": params.model_dump(mode="json"),
+        # the annotator as resolved (params, database config or default): export and predict
+        # read what the stage did from here, never from params.yaml
+        "params": params.model_copy(update={"annotator": ctx.annotator}).model_dump(mode="json"),
     })
     log.info("%s: %d segments kept %s, %d skipped (%.2f%%)", database, summary["kept_total"],
              summary["segments_kept"], summary["skipped_total"], 100 * summary["skip_fraction"])

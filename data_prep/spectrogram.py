@@ -176,7 +176,8 @@ def run(params: SpectrogramParams, segments: Path, out: Path,
             "records": {r: len(g) for r, g in groups.items()},
             "preview": write_previews(out, PREVIEW, index, classes, (p.time_s, p.freq_hz),
                                       params.preview_per_class),
-            "preview_seed": PREVIEW_SEED, "export_png": params.export_png, SEGMENTS_META: seg_meta}
+            "preview_seed": PREVIEW_SEED, "export_png": params.export_png,
+            "params": params.image_params().model_dump(mode="json"), SEGMENTS_META: seg_meta}
     write_json(out / META, meta)
     log.info("wrote %d images to %s", len(index), out)
     return meta

@@ -1,8 +1,9 @@
 """The STFT image core: float signal windows -> square uint8 log-power spectrogram images.
 
 Shared by the spectrogram stage (which writes the images) and predict (which makes them from new
-records). `SpectrogramParams` is the `spectrogram:` section of params.yaml; `image_meta` says how
-to read the images (axes, orientation, value scale) and is written into the stage's meta.json.
+records). `ImageParams` are the keys of the `spectrogram:` section (`SpectrogramParams`) that make
+an image; `image_meta` says how to read the images (axes, orientation, value scale) and is
+written into the stage's meta.json.
 
 Image convention: row 0 is the highest kept frequency and the last row the lowest (low
 frequencies at the bottom, as plotted); columns run forward in time from the first STFT frame
@@ -29,8 +30,12 @@ CHUNK = 128
 RESIZE_BLOCK = 8
 
 
-class SpectrogramParams(StrictModel):
-    """The `spectrogram:` section of params.yaml (see the comments there)."""
+class ImageParams(StrictModel):
+    """What makes an image: the STFT, band, scaling and size keys of the `spectrogram:` section.
+
+    The spectrogram stage writes them into its meta.json ("params"); export copies them into
+    the bundle and predict makes images from them.
+    """
 
     window: str
     nperseg: int = Field(ge=2)
@@ -40,12 +45,9 @@ class SpectrogramParams(StrictModel):
     fmax_hz: float = Field(gt=0)
     dynamic_range_db: float = Field(gt=0)
     image_size: int = Field(ge=2)
-    workers: int = Field(ge=0)
-    export_png: bool
-    preview_per_class: int = Field(ge=0)
 
     @model_validator(mode="after")
-    def _consistent(self) -> SpectrogramParams:
+    def _consistent(self) -> ImageParams:
         if self.noverlap >= self.nperseg:
             raise ValueError(f"noverlap ({self.noverlap}) must be < nperseg ({self.nperseg})")
         if self.nfft < self.nperseg:
@@ -62,6 +64,18 @@ class SpectrogramParams(StrictModel):
     @property
     def hop(self) -> int:
         return self.nperseg - self.noverlap
+
+
+class SpectrogramParams(ImageParams):
+    """The `spectrogram:` section of params.yaml (see the comments there): the image params
+    plus how the stage runs (workers, PNGs, previews), which never change an image."""
+
+    workers: int = Field(ge=0)
+    export_png: bool
+    preview_per_class: int = Field(ge=0)
+
+    def image_params(self) -> ImageParams:
+        return ImageParams.model_validate(self.model_dump(include=set(ImageParams.model_fields)))
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,7 @@ def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=16)
-def plan(params: SpectrogramParams, fs: float, n_samples: int) -> Plan:
+def plan(params: ImageParams, fs: float, n_samples: int) -> Plan:
     """Builds (and caches) the STFT and resize plan; errors say which value to change."""
     if params.fmax_hz > fs / 2:
         raise ValueError(f"fmax_hz {params.fmax_hz} is above Nyquist ({fs / 2} Hz at fs={fs}); "
@@ -158,7 +172,7 @@ def _chunk_images(x: np.ndarray, p: Plan, dynamic_range_db: float, out: np.ndarr
         np.copyto(out[i:i + RESIZE_BLOCK], img, casting="unsafe")
 
 
-def iter_images(segments: np.ndarray, fs: float, params: SpectrogramParams,
+def iter_images(segments: np.ndarray, fs: float, params: ImageParams,
                 chunk_size: int = CHUNK) -> Iterator[np.ndarray]:
     """Yields uint8 (c, S, S) images for successive chunks of a (n, L) batch of segments.
 
@@ -178,7 +192,7 @@ def iter_images(segments: np.ndarray, fs: float, params: SpectrogramParams,
         yield out
 
 
-def spectrogram_images(segments: np.ndarray, fs: float, params: SpectrogramParams,
+def spectrogram_images(segments: np.ndarray, fs: float, params: ImageParams,
                        chunk_size: int = CHUNK) -> np.ndarray:
     """Pure core: (n, L) float segments at `fs` Hz -> (n, S, S) uint8 spectrogram images.
 
@@ -198,7 +212,7 @@ def spectrogram_images(segments: np.ndarray, fs: float, params: SpectrogramParam
     return out
 
 
-def image_meta(params: SpectrogramParams, fs: float, n_samples: int) -> dict[str, Any]:
+def image_meta(params: ImageParams, fs: float, n_samples: int) -> dict[str, Any]:
     """What a reader needs to interpret the images (and to reproduce them on new data)."""
     p = plan(params, float(fs), n_samples)
     size = params.image_size

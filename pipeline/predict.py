@@ -33,14 +33,14 @@ import pandas as pd
 
 from data_prep import signals, wfdb_io
 from data_prep.configs import LabelMap, resolve_annotator
-from data_prep.stft import SpectrogramParams, spectrogram_images
+from data_prep.stft import ImageParams, spectrogram_images
 from data_prep.windows import SegmentParams, cut_beats, cut_fixed, flat_windows
-from pipeline.bundle import INPUT_NAME, OUTPUT_NAMES, read_bundle_json
+from pipeline.bundle import read_bundle_json
+from pipeline.onnx_runner import onnx_session, run_probs
 
 log = logging.getLogger(__name__)
 
 BUNDLE_ANNOTATOR = "bundle"  # predict_record default: the annotator the bundle was trained with
-BATCH = 64
 BASE = ("record", "sample", "time_s", "beat_source", "symbol", "label", "status", "note", "pred")
 
 
@@ -51,7 +51,7 @@ class Bundle:
     path: Path
     meta: dict
     segment: SegmentParams
-    spectrogram: SpectrogramParams
+    spectrogram: ImageParams
     labels: LabelMap
     session: ort.InferenceSession
 
@@ -65,10 +65,7 @@ class Bundle:
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities (n, K) of uint8 spectrograms (n, S, S) as the stage makes them."""
-        images = np.ascontiguousarray(images, dtype=np.uint8)
-        out = [self.session.run([OUTPUT_NAMES[0]], {INPUT_NAME: images[i:i + BATCH]})[0]
-               for i in range(0, len(images), BATCH)]
-        return np.concatenate(out) if out else np.empty((0, len(self.classes)), np.float32)
+        return run_probs(self.session, images, len(self.classes))
 
     def predict_signal(self, signal: np.ndarray, fs: float, beats: np.ndarray | None = None,
                        *, record: str = "signal", symbols: np.ndarray | None = None
@@ -221,11 +218,10 @@ def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     meta = read_bundle_json(path)
     pre = meta["preprocessing"]
-    session = ort.InferenceSession(str(path / meta["model"]["file"]),
-                                   providers=["CPUExecutionProvider"])
+    session = onnx_session(path / meta["model"]["file"])
     label_map = {k: meta["label_map"][k] for k in ("classes", "map", "ignore")}
     return Bundle(path, meta, SegmentParams.model_validate(pre["segment"]),
-                  SpectrogramParams.model_validate(pre["spectrogram"]),
+                  ImageParams.model_validate(pre["spectrogram"]),
                   LabelMap.model_validate(label_map), session)
 
 

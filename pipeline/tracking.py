@@ -42,10 +42,6 @@ from pipeline.provenance import source_info
 
 log = logging.getLogger(__name__)
 
-# No usage telemetry unless asked for (MLFLOW_DISABLE_TELEMETRY=false): clinical clusters are
-# often air-gapped and research runs should not call out. mlflow reads it at each event.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
 DEFAULT_URI = "sqlite:///mlflow.db"
 URI_ENV = "MLFLOW_TRACKING_URI"
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -241,12 +237,20 @@ def register_model(
 
     Returns:
         The new version number; `alias` (e.g. "champion") is moved onto it when given.
+
+    Raises:
+        ValueError: MLflow refused (no such logged model, registry unavailable), with its reason.
     """
+    client = _client(uri)
     mlflow.set_tracking_uri(tracking_uri(uri))
     mlflow.set_registry_uri(tracking_uri(uri))
-    version = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name).version
-    if alias:
-        _client(uri).set_registered_model_alias(name, alias, str(version))
+    try:
+        version = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name).version
+        if alias:
+            client.set_registered_model_alias(name, alias, str(version))
+    except MlflowException as err:
+        raise ValueError(f"MLflow could not register runs:/{run_id}/{artifact_path} as {name}: "
+                         f"{err.message}") from err
     return str(version)
 
 
@@ -262,8 +266,16 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
     return flat
 
 
+def _no_telemetry() -> None:
+    """No usage telemetry unless asked for (MLFLOW_DISABLE_TELEMETRY=false): clinical clusters
+    are often air-gapped and research runs should not call out. mlflow reads it at each event;
+    set when the first client is made, not at import (importing must not change the env)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
 @lru_cache(maxsize=8)
 def _cached_client(uri: str) -> MlflowClient:
+    _no_telemetry()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
