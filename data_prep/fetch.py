@@ -28,7 +28,8 @@ from pathlib import Path
 from pydantic import Field
 from tqdm import tqdm
 
-from data_prep.layout import RECORDS, parse_records, sha256_file, write_json
+from data_prep.checksums import find_manifest, parse_manifest, verify_files
+from data_prep.layout import FETCH_JSON, MANIFEST_NAMES, RECORDS, parse_records, write_json
 from data_prep.params import (
     DEFAULT_PARAMS,
     DatasetParams,
@@ -40,8 +41,6 @@ from data_prep.params import (
 log = logging.getLogger(__name__)
 
 ENV_MIRROR = "ECG_PHYSIONET_MIRROR"
-MANIFEST_NAMES = ("SHA256SUMS", "SHA256SUMS.txt")  # mirrors made by hand / PhysioNet's own name
-FETCH_JSON = "fetch.json"
 # builtin, socket and requests/urllib3 network errors, by name: neither library is imported
 _NET_ERRORS = {"ConnectionError", "TimeoutError", "gaierror", "Timeout", "NewConnectionError",
                "MaxRetryError"}
@@ -84,21 +83,6 @@ def select_records(available: list[str], wanted: list[str], where: str) -> list[
     return list(dict.fromkeys(wanted))
 
 
-def parse_manifest(text: str) -> dict[str, str]:
-    """Maps relative path -> sha256 from `sha256sum` output ("<hex>  <path>", "*" = binary)."""
-    entries = {}
-    for line in text.splitlines():
-        parts = line.strip().split(maxsplit=1)
-        if len(parts) == 2:
-            entries[parts[1].lstrip("*").removeprefix("./")] = parts[0].lower()
-    return entries
-
-
-def find_manifest(folder: Path) -> Path | None:
-    """The checksum manifest of a database folder, if it has one."""
-    return next((folder / n for n in MANIFEST_NAMES if (folder / n).is_file()), None)
-
-
 def record_files(db_dir: Path, record: str) -> list[str]:
     """Relative paths of every file of `record` (`<record>.*`).
 
@@ -125,50 +109,6 @@ def copy_file(src: Path, dst: Path) -> None:
         tmp.replace(dst)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def verify_files(
-    staging: Path,
-    jobs: list[tuple[str, str]],
-    manifest: dict[str, str] | None,
-    verify: bool,
-    source: str,
-) -> dict:
-    """Hashes the staged files and checks them against the manifest.
-
-    Args:
-        staging: folder holding the files.
-        jobs: (record, relative path) of each file.
-        manifest: relative path -> sha256, None when the source has none.
-        verify: whether to check (fetch.verify_checksums).
-        source: where the files came from, for the error message.
-
-    Returns:
-        digests (path -> sha256), bytes, verified count and unverified (not in the manifest).
-
-    Raises:
-        ValueError: a digest differs from the manifest (the source is corrupt).
-    """
-    digests, unverified = {}, []
-    for record, rel in jobs:
-        digests[rel] = digest = sha256_file(staging / rel)
-        expected = (manifest or {}).get(rel)
-        if not verify or manifest is None:
-            continue
-        if expected is None:
-            unverified.append(rel)
-        elif expected != digest:
-            raise ValueError(
-                f"record {record}, file {rel}: sha256 {digest} does not match the manifest "
-                f"({expected}); the source {source} is corrupt. Re-copy the file from "
-                "physionet.org (or set fetch.verify_checksums: false to accept it as is)."
-            )
-    return {
-        "digests": digests,
-        "bytes": sum((staging / rel).stat().st_size for rel in digests),
-        "verified": len(digests) - len(unverified) if verify and manifest is not None else 0,
-        "unverified": unverified,
-    }
 
 
 def is_network_error(err: BaseException) -> bool:

@@ -3,7 +3,7 @@
 Images and signals are stored as one `.npy` shard per record plus one `index.csv` per stage
 folder (DVC is slow on many small files). Record names are always strings ("100", "A00001").
 
-    data/raw/<db>/       RECORDS (record names), WFDB files      (fetch)
+    data/raw/            fetch.json; <db>/: RECORDS, SHA256SUMS, WFDB files         (fetch)
     data/segments/       shards/, index.csv (SEGMENT_COLUMNS), meta.json, summary.json (segment)
     data/splits/         assignment.csv (ASSIGNMENT_COLUMNS), summary.json           (split)
     data/spectrograms/   shards/, index.csv, meta.json (its "segments" key holds the segment
@@ -32,6 +32,8 @@ SHARDS = "shards"
 INDEX_DTYPES = {"record": str, "label": str, "symbol": str}
 
 RECORDS = "RECORDS"  # a PhysioNet database folder's list of record names
+MANIFEST_NAMES = ("SHA256SUMS", "SHA256SUMS.txt")  # mirrors made by hand / PhysioNet's own name
+FETCH_JSON = "fetch.json"  # what the fetch stage fetched, from where, with which digests
 SEGMENT_COLUMNS = ("record", "row", "sample", "label", "symbol")  # row = row in the shard
 ASSIGNMENT = "assignment.csv"
 ASSIGNMENT_COLUMNS = ("record", "subject", "split")

@@ -5,8 +5,9 @@ train stage opens a run and stores its id in its output folder, the evaluate sta
 process) reopens that id and completes it, and nothing depends on global state.
 
 The store is `uri` when given, else `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the
-working directory. Call `check_tracking_server` before training: a down server otherwise
-surfaces only after training, through mlflow's minutes-long HTTP retries.
+working directory (`pipeline.tracking_server`, which needs no mlflow). Call
+`check_tracking_server` before training: a down server otherwise surfaces only after training,
+through mlflow's minutes-long HTTP retries.
 """
 
 from __future__ import annotations
@@ -16,14 +17,11 @@ import logging
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
@@ -39,47 +37,17 @@ from mlflow.utils.validation import (
 
 from pipeline.metrics import flatten_metrics, nan_to_none
 from pipeline.provenance import source_info
+from pipeline.tracking_server import (  # noqa: F401 (re-exported: the stages' one entry point)
+    DEFAULT_URI,
+    URI_ENV,
+    TrackingServerError,
+    check_tracking_server,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URI = "sqlite:///mlflow.db"
-URI_ENV = "MLFLOW_TRACKING_URI"
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
-
-
-class TrackingServerError(ConnectionError):
-    """The configured MLflow tracking server does not answer."""
-
-
-def tracking_uri(uri: str | None = None) -> str:
-    """The store to use: `uri`, else `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`."""
-    return uri or os.environ.get(URI_ENV) or DEFAULT_URI
-
-
-def check_tracking_server(uri: str | None = None, timeout: float = 3.0) -> None:
-    """Fails fast if an http(s) tracking server does not answer its /health endpoint.
-
-    Local stores (sqlite, file) need no server and always pass.
-
-    Raises:
-        TrackingServerError: naming the URI and the two ways to fix it.
-    """
-    uri = tracking_uri(uri)
-    if urlparse(uri).scheme not in ("http", "https"):
-        return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-            if response.status == 200:
-                return
-            reason = f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError) as err:
-        reason = str(getattr(err, "reason", err))
-    raise TrackingServerError(
-        f"MLflow tracking server {uri} is unreachable ({reason}); start it "
-        f"(mlflow server --host {urlparse(uri).hostname} --port {urlparse(uri).port or 5000} "
-        f"--backend-store-uri sqlite:///mlflow.db) or unset {URI_ENV} to log to the local "
-        f"{DEFAULT_URI}"
-    )
 
 
 def start_run(
