@@ -16,8 +16,8 @@ from data_prep.layout import load_shard
 from data_prep.params import read_yaml
 from pipeline import evaluate, report_folder, run_folder, train
 from pipeline.metrics import nan_to_none
-from tests.unit.test_data import CLASSES, RECORDS, write_synthetic
-from tests.unit.test_train import make_params
+from tests.helpers import make_params
+from tests.synthetic import CLASSES, RECORDS, write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 N_TEST = sum(sum(n) for split, n in RECORDS.values() if split == "test")

@@ -1,8 +1,4 @@
-"""Export stage on a tiny pipeline built from synthetic WFDB records: bundle, parity, format.
-
-`build_pipeline` runs the real segment, spectrogram, train (test_resnet, random weights, one
-epoch) and evaluate stages on three synthetic records, then exports; test_predict reuses it.
-"""
+"""Export stage on the tiny pipeline (`built`, tests/tiny_pipeline.py): bundle, parity, format."""
 
 from __future__ import annotations
 
@@ -16,81 +12,17 @@ import pytest
 import torch
 import yaml
 
-from data_prep import segment, spectrogram
 from data_prep.layout import sha256_file
 from data_prep.params import read_yaml
-from pipeline import bundle, evaluate, export, onnx_runner, train
+from pipeline import bundle, export, onnx_runner
 from pipeline.run_folder import ImageClassifier, load_model
-from tests.synthetic import write_record, write_records_file
+from tests.tiny_pipeline import stage_params
 
 REPO = Path(__file__).resolve().parents[2]
-DB, RUN = "synth", "test_resnet-frozen"
-SPLITS = {"r1": "train", "r2": "val", "r3": "test"}
-_BUILT: dict[str, dict[str, Path]] = {}  # one build per test process, shared with test_predict
-
-
-def stage_params() -> dict:
-    """The repository's params with small, fast overrides for the synthetic records."""
-    data = read_yaml(REPO / "params.yaml")
-    data["segment"] |= {"label_map": str(REPO / "configs/labels/aami.yaml"),
-                        "max_skip_fraction": 0.5}
-    data["spectrogram"] |= {"image_size": 32, "workers": 1, "preview_per_class": 2}
-    data["export"] |= {"register_model": False}
-    return data
-
-
-def _beats(fs: float, seconds: float, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Irregular beats with N, V and A symbols (so every split holds two classes or more)."""
-    rng = np.random.default_rng(seed)
-    times = np.cumsum(rng.uniform(0.6, 1.0, int(seconds)))
-    beats = np.round(times[times < seconds - 0.2] * fs).astype(np.int64)
-    symbols = rng.choice(["N", "N", "N", "V", "A"], beats.size).tolist()
-    return beats, symbols
-
-
-def build_pipeline(root: Path) -> dict[str, Path]:
-    """segment -> spectrogram -> (assignment) -> train -> evaluate -> export, in `root`."""
-    if str(root) in _BUILT:
-        return _BUILT[str(root)]
-    raw = root / "raw" / DB
-    for i, record in enumerate(SPLITS):
-        beats, symbols = _beats(360, 40.0, i)
-        write_record(raw, record, fs=360, seconds=40.0, beats=beats, symbols=symbols)
-    write_records_file(raw, list(SPLITS))
-    data = stage_params()
-    (root / "params.yaml").write_text(yaml.safe_dump(data))
-    paths = {name: root / name for name in ("segments", "spectrograms", "splits", "reports")}
-    paths |= {"raw": raw, "params": root / "params.yaml", "model": root / "models" / RUN,
-              "bundle": root / "models" / "export" / RUN}
-    seg = segment.SegmentParams.model_validate(data["segment"])
-    segment.run(seg, DB, root / "raw", paths["segments"], databases_dir=root, workers=1)
-    spec = spectrogram.SpectrogramParams.model_validate(data["spectrogram"])
-    spectrogram.run(spec, paths["segments"], paths["spectrograms"])
-    paths["splits"].mkdir()
-    pd.DataFrame({"record": list(SPLITS), "subject": list(SPLITS), "split": list(SPLITS.values())}
-                 ).to_csv(paths["splits"] / "assignment.csv", index=False)
-    params = train.TrainParams.model_validate(
-        {**data["train"], "weights": "random", "epochs": 1, "batch_size": 16, "device": "cpu",
-         "warmup_epochs": 0})
-    train.run(params, "test_resnet", "frozen", paths["spectrograms"], paths["splits"],
-              paths["model"])
-    evaluate.run(evaluate.EvaluateParams.model_validate(
-        {**data["evaluate"], "n_boot": 20, "device": "cpu"}), paths["model"],
-        paths["spectrograms"], paths["splits"], paths["reports"])
-    export.run(export_params(), paths["model"], paths["reports"], paths["segments"],
-               paths["spectrograms"], paths["bundle"], paths["splits"])
-    _BUILT[str(root)] = paths
-    return paths
 
 
 def export_params(**overrides) -> export.ExportParams:
     return export.ExportParams.model_validate({**stage_params()["export"], **overrides})
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    torch.set_num_threads(1)  # tiny model: one thread is fastest on busy CI cores
-    return build_pipeline(tmp_path_factory.getbasetemp() / "export_pipeline")
 
 
 def _rerun(built: dict[str, Path], reports: Path, out: Path, **overrides) -> dict:

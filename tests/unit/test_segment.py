@@ -14,7 +14,7 @@ import yaml
 from data_prep import layout, segment
 from data_prep.configs import load_label_map
 from data_prep.params import read_yaml
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.synthetic import write_record, write_records_file
 
 AAMI = str(REPO / "configs" / "labels" / "aami.yaml")

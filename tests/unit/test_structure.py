@@ -169,3 +169,10 @@ def test_one_module_imports_each_boundary_library(library, home):
     users = sorted(m for m in project_modules()
                    if any(i.split(".")[0] == library for i in imports(m)))
     assert users == [home]
+
+
+def test_real_data_tests_are_marked_slow():
+    """`pytest -m "not slow"` is the fast loop: every integration module carries the mark."""
+    for path in sorted((REPO / "tests" / "integration").glob("test_*.py")):
+        assert re.search(r"^pytestmark = \[.*pytest\.mark\.slow.*\]$", path.read_text(),
+                         re.MULTILINE), f"{path.name}: add pytest.mark.slow to its pytestmark"

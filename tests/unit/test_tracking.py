@@ -19,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import provenance, tracking
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
