@@ -5,7 +5,8 @@ Reads   <raw>/<dataset.name>/ (the records its RECORDS file lists), the label ma
         annotator) and, in record mode, the reference CSV ("record,label").
 Writes  <out>/shards/<record>.npy  float32 (n, L) windows at segment.target_fs
         <out>/index.csv            record,row,sample,label,symbol
-        <out>/meta.json            database, label_mode, classes, fs, window/offset samples, leads
+        <out>/meta.json            database, label_mode, classes, fs, window/offset samples, leads,
+                                   params (annotator resolved), signal_quality (the flat rule)
         <out>/summary.json         records processed/skipped/excluded, segments kept by class and
                                    skipped by reason, non-beat annotations, lead fallbacks
 Run     python -m data_prep.segment --params params.yaml --raw data/raw --out data/segments
@@ -14,8 +15,9 @@ Label modes: `beat` cuts [beat - before, beat + after) around each annotated bea
 and `record` cut fixed windows labelled by the rhythm episode in effect (`+` annotations) or
 by the record's row in the reference CSV. Symbols (rhythm names, record labels) in the label
 map's `ignore` list are counted as non-beat annotations, not skips. Every other beat, window or
-record left out is counted by reason (unknown symbol, record edge, NaN samples, unreadable
-record...); the stage fails when skipped / (kept + skipped) exceeds segment.max_skip_fraction.
+record left out is counted by reason (unknown symbol, record edge, NaN samples, "flat" windows of
+a lead-off or saturated lead by the rule predict applies, unreadable record...); the stage
+fails when skipped / (kept + skipped) exceeds segment.max_skip_fraction.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from data_prep.configs import (
     resolve_annotator,
 )
 from data_prep.params import DatasetParams, parse_section, read_yaml
-from data_prep.windows import SegmentParams, condition_and_cut
+from data_prep.windows import SegmentParams, condition_and_cut, flat_windows, signal_quality
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -114,7 +116,8 @@ def _candidates(ctx: Context, record: str, header: wfdb_io.Header, n_out: int) -
 
 def _windows(ctx: Context, record: str, header: wfdb_io.Header, seg: Segments,
              channel: int) -> np.ndarray:
-    """Reads, conditions and cuts the record's signal; NaN-touching windows are skipped."""
+    """Reads, conditions and cuts the record's signal; windows touching NaN samples or failing
+    the signal-quality rule (`windows.flat_windows`, as predict applies it) are skipped."""
     params, lost = ctx.params, seg.sample.size
     x = _read(wfdb_io.read_signal, ctx.record_dir, record, channel,
               missing="missing_signal", unreadable="unreadable_signal", lost=lost)
@@ -125,7 +128,10 @@ def _windows(ctx: Context, record: str, header: wfdb_io.Header, seg: Segments,
     except ValueError as err:  # e.g. a record shorter than the filter's padding
         raise RecordSkip("signal_error", lost, f"record {record}: {err}") from None
     seg.keep(clean, "nan_samples")
-    return windows
+    _, length, _ = params.geometry()
+    flat = flat_windows(x, header.fs, seg.start, length, params.target_fs)
+    seg.keep(~flat, "flat")
+    return windows[~flat]
 
 
 def process_record(ctx: Context, record: str) -> RecordResult:
@@ -272,6 +278,7 @@ def run(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path, *,
         # the annotator as resolved (params, database config or default): export and predict
         # read what the stage did from here, never from params.yaml
         "params": params.model_copy(update={"annotator": ctx.annotator}).model_dump(mode="json"),
+        "signal_quality": signal_quality(),
     })
     log.info("%s: %d segments kept %s, %d skipped (%.2f%%)", database, summary["kept_total"],
              summary["segments_kept"], summary["skipped_total"], 100 * summary["skip_fraction"])

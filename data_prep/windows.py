@@ -144,8 +144,15 @@ def cut_fixed(x: np.ndarray, fs_in: float,
     return windows, starts, status
 
 
+def signal_quality() -> dict[str, float | str]:
+    """The signal-quality rule as the segment stage records it in meta.json (and bundles)."""
+    return {"flat_run_s": FLAT_RUN_S, "flat_fraction": FLAT_FRACTION,
+            "rule": "a window is 'flat' (skipped) when at least flat_fraction of it lies in "
+                    "runs of one unchanged raw value lasting flat_run_s or longer"}
+
+
 def flat_windows(x: np.ndarray, fs: float, starts: np.ndarray, length: int, target_fs: float
-          ) -> np.ndarray:
+                 ) -> np.ndarray:
     """Which windows (starts at target_fs) lie mostly in constant stretches of the raw lead."""
     if not starts.size:
         return np.zeros(0, dtype=bool)

@@ -122,8 +122,9 @@ def check_parity(reference: pd.DataFrame, probs: np.ndarray, classes: list[str],
 
 
 def recorded_preprocessing(segments: Path, spectrograms: Path
-                           ) -> tuple[SegmentParams, ImageParams, dict]:
-    """The segment and image params the data stages recorded, and the image description.
+                           ) -> tuple[SegmentParams, ImageParams, dict, dict | None]:
+    """The segment and image params the data stages recorded, the image description and the
+    signal-quality rule the segment stage applied.
 
     Checks that the spectrograms were made from these segments and that their recorded image
     params (STFT, band, dynamic_range_db, image_size) reproduce the description in their
@@ -146,7 +147,7 @@ def recorded_preprocessing(segments: Path, spectrograms: Path
     if differ := sorted(k for k, v in described.items() if spec_meta.get(k) != v):
         raise ValueError(f"{spectrograms / META}: {differ} differ from what its recorded params "
                          f"give; the images come from other params; {fix}")
-    return seg, image, described
+    return seg, image, described, seg_meta.get("signal_quality")
 
 
 def _data_info(segments: Path, splits: Path, resolved: dict) -> dict:
@@ -171,7 +172,8 @@ def _versions(opset: int) -> dict:
 
 
 def _metadata(name: str, resolved: dict, seg: SegmentParams, image: ImageParams, described: dict,
-              reports: Path, data_info: dict, model_file: Path, opset: int) -> dict:
+              quality: dict | None, reports: Path, data_info: dict, model_file: Path,
+              opset: int) -> dict:
     offset, length, _ = seg.geometry()
     labels = load_label_map(Path(seg.label_map))
     return {
@@ -189,6 +191,7 @@ def _metadata(name: str, resolved: dict, seg: SegmentParams, image: ImageParams,
                   "train_params": resolved.get("params")},
         "preprocessing": {
             "segment": seg.model_dump(mode="json"),
+            "signal_quality": quality,
             "window": {"fs": seg.target_fs, "offset_samples": offset, "window_samples": length},
             "spectrogram": image.model_dump(mode="json"),
             "image": described,
@@ -222,7 +225,7 @@ def _atol(params: ExportParams, reports: Path) -> float:
 def run(params: ExportParams, model_dir: Path, reports: Path, segments: Path,
         spectrograms: Path, out: Path, splits: Path = Path("data/splits")) -> dict:
     """Writes the bundle of `model_dir` to `out` (module doc); returns its bundle.json content."""
-    seg, image, described = recorded_preprocessing(segments, spectrograms)
+    seg, image, described, quality = recorded_preprocessing(segments, spectrograms)
     model, preprocess, resolved = load_model(model_dir)
     classes = list(resolved["classes"])
     predictions = read_predictions(reports / PREDICTIONS)
@@ -242,7 +245,7 @@ def run(params: ExportParams, model_dir: Path, reports: Path, segments: Path,
         probs = run_probs(session, load_images(spectrograms, rows), len(classes), BATCH_SIZE)
         parity = check_parity(rows, probs, classes, _atol(params, reports),
                               reports / PREDICTIONS)
-        meta = _metadata(out.name, resolved, seg, image, described, reports,
+        meta = _metadata(out.name, resolved, seg, image, described, quality, reports,
                          _data_info(segments, splits, resolved), work / bundle.MODEL_ONNX,
                          params.opset)
         meta["parity"] = {**parity, "reference": str(reports / PREDICTIONS)}

@@ -43,6 +43,7 @@ def test_run_writes_a_complete_bundle(built):
     assert pre["spectrogram"]["nperseg"] == 32 and pre["image"]["orientation"]
     # what the data stages recorded, not params.yaml: image keys only, the annotator resolved
     assert "workers" not in pre["spectrogram"] and pre["segment"]["annotator"] == "atr"
+    assert pre["signal_quality"]["flat_run_s"] == 0.2  # the rule the segment stage applied
     assert pre["spectrogram"]["dynamic_range_db"] == pre["image"]["value_scale"]["dynamic_range_db"]
     assert pre["model_input"]["channels"] == "grey3" and len(pre["model_input"]["mean"]) == 3
     assert meta["model"]["sha256"] == sha256_file(folder / bundle.MODEL_ONNX)
