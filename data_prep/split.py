@@ -33,6 +33,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from data_prep.configs import DATABASES_DIR, DatabaseConfig, SplitDefinition, load_database
 from data_prep.layout import (
     ASSIGNMENT,
+    ASSIGNMENT_COLUMNS,
     INDEX,
     META,
     SPLITS,
@@ -151,7 +152,7 @@ def assign(
              for r in test_records | set(trainval)}
     ordered = sorted(split.items(), key=lambda item: (SPLITS.index(item[1]), item[0]))
     assignment = pd.DataFrame([(r, subject[r], s) for r, s in ordered],
-                              columns=["record", "subject", "split"])
+                              columns=list(ASSIGNMENT_COLUMNS))
     return assignment, left_out, absent
 
 

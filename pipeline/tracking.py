@@ -149,17 +149,6 @@ def log_artifacts(
             raise FileNotFoundError(f"{path}: no such file or folder to log to MLflow")
 
 
-def log_text(run_id: str, text: str, artifact_file: str, *, uri: str | None = None) -> None:
-    """Stores `text` as the artifact `artifact_file` (e.g. "classification_report.txt")."""
-    _client(uri).log_text(run_id, text, artifact_file)
-
-
-def log_dict(run_id: str, obj: Any, artifact_file: str, *, uri: str | None = None) -> None:
-    """Stores `obj` as a JSON artifact; NaN becomes null so the file is valid JSON."""
-    text = json.dumps(nan_to_none(obj), indent=2, allow_nan=False)
-    _client(uri).log_text(run_id, text + "\n", artifact_file)
-
-
 def log_pytorch_model(
     run_id: str,
     model: Any,

@@ -7,6 +7,7 @@ import ast
 import re
 import subprocess
 import sys
+import tomllib
 from functools import cache
 from pathlib import Path
 
@@ -176,3 +177,16 @@ def test_real_data_tests_are_marked_slow():
     for path in sorted((REPO / "tests" / "integration").glob("test_*.py")):
         assert re.search(r"^pytestmark = \[.*pytest\.mark\.slow.*\]$", path.read_text(),
                          re.MULTILINE), f"{path.name}: add pytest.mark.slow to its pytestmark"
+
+
+def test_base_install_covers_the_record_side_stages():
+    """`pip install .` (no extras) runs fetch -> spectrogram: every third-party package that
+    data_prep imports is a base dependency (requests comes with wfdb)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = {re.split(r"[<>=!~\[ ]", d)[0].lower() for d in project["dependencies"]}
+    distribution = {"sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow",
+                    "requests": "wfdb"}
+    third_party = {m.split(".")[0] for n in project_modules() if n.startswith("data_prep.")
+                   for m in imports(n)} - set(sys.stdlib_module_names) - {"data_prep"}
+    missing = sorted(m for m in third_party if distribution.get(m, m).lower() not in base)
+    assert not missing, f"data_prep imports {missing}, which the base install lacks"
