@@ -190,3 +190,38 @@ def test_base_install_covers_the_record_side_stages():
                    for m in imports(n)} - set(sys.stdlib_module_names) - {"data_prep"}
     missing = sorted(m for m in third_party if distribution.get(m, m).lower() not in base)
     assert not missing, f"data_prep imports {missing}, which the base install lacks"
+
+
+def _code_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, normalised text) of a module's code: no docstrings, comments, imports or
+    blank lines; string literals and spacing normalised, identifiers kept."""
+    source = path.read_text()
+    skip: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            skip.update(range(node.lineno, node.end_lineno + 1))
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
+                body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            skip.update(range(body[0].lineno, body[0].end_lineno + 1))
+    lines = []
+    for number, line in enumerate(source.splitlines(), 1):
+        text = re.sub(r"\s+", " ", re.sub(r"\"[^\"]*\"|'[^']*'", "S", line.split("  #")[0]))
+        if number not in skip and text.strip() and not text.strip().startswith("#"):
+            lines.append((number, text.strip()))
+    return lines
+
+
+def test_no_block_of_six_lines_is_repeated():
+    """What more than one module needs has one home: no 6 code lines repeated across modules."""
+    seen: dict[tuple[str, ...], str] = {}
+    repeated = []
+    for path in sorted(p for pkg in PACKAGES for p in (REPO / pkg).glob("*.py")):
+        lines = _code_lines(path)
+        for k in range(len(lines) - 5):
+            block = tuple(text for _, text in lines[k:k + 6])
+            where = f"{path.relative_to(REPO)}:{lines[k][0]}"
+            if block in seen and not seen[block].startswith(f"{path.relative_to(REPO)}:"):
+                repeated.append(f"{where} repeats {seen[block]}")
+            seen.setdefault(block, where)
+    assert not repeated, repeated
