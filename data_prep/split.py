@@ -31,7 +31,18 @@ from pydantic import Field, model_validator
 from sklearn.model_selection import StratifiedGroupKFold
 
 from data_prep.configs import DATABASES_DIR, DatabaseConfig, SplitDefinition, load_database
-from data_prep.layout import INDEX, META, read_index, read_json, write_index, write_json
+from data_prep.layout import (
+    ASSIGNMENT,
+    ASSIGNMENT_COLUMNS,
+    INDEX,
+    META,
+    SPLITS,
+    SUMMARY,
+    read_index,
+    read_json,
+    write_index,
+    write_json,
+)
 from data_prep.params import (
     DEFAULT_PARAMS,
     DatasetParams,
@@ -42,10 +53,7 @@ from data_prep.params import (
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 RANDOM = "random"
-ASSIGNMENT = "assignment.csv"
-SUMMARY = "summary.json"
 
 class SplitParams(StrictModel):
     """The `split:` section of params.yaml (see the comments there)."""
@@ -155,7 +163,7 @@ def assign(
              for r, f in fold.items()}
     ordered = sorted(split.items(), key=lambda item: (SPLITS.index(item[1]), item[0]))
     assignment = pd.DataFrame([(r, subject[r], s, fold[r]) for r, s in ordered],
-                              columns=["record", "subject", "split", "fold"])
+                              columns=list(ASSIGNMENT_COLUMNS))
     return assignment, left_out, absent
 
 
