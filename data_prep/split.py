@@ -173,7 +173,7 @@ def summarise(index: pd.DataFrame, assignment: pd.DataFrame, classes: list[str])
         splits[name] = {"records": list(part.record), "subjects": sorted(set(part.subject)),
                         "counts": n, "total": sum(n.values())}
     fold_of = dict(zip(assignment.record, assignment["fold"], strict=True))
-    folds = {int(f): {"records": sorted(r for r, g in fold_of.items() if g == f),
+    folds = {str(f): {"records": sorted(r for r, g in fold_of.items() if g == f),
                       "counts": counts(labels.record.map(fold_of) == f)}
              for f in sorted(set(fold_of.values())) if f >= 0}
     return {"splits": splits, "trainval_counts": counts(labels.split.isin(["train", "val"])),
