@@ -122,7 +122,8 @@ class Bundle:
         """
         path = Path(record_path)
         folder, name = path.parent, path.name.removesuffix(".hea").removesuffix(".dat")
-        header = wfdb_io.read_header(folder, name)
+        tolerant = self.segment.tolerant_headers
+        header = wfdb_io.read_header(folder, name, tolerant=tolerant)
         wanted = [lead] if lead else self.segment.leads
         channel, _ = signals.choose_lead(header.sig_names, wanted, "skip")
         if channel is None:
@@ -130,11 +131,14 @@ class Bundle:
                 f"record {folder / name}: leads {list(header.sig_names)}, none of {wanted} that "
                 f"the bundle was trained on; pass lead=<name> (CLI --lead) to use another lead "
                 "knowingly")
-        x = wfdb_io.read_signal(folder, name, channel)
+        x = wfdb_io.read_signal(folder, name, channel, tolerant=tolerant)
+        fs = header.signal_fs(channel)  # the lead's own rate: it may hold several per frame
         beats = symbols = None
         if self.segment.label_mode == "beat":
             beats, symbols = self._annotated_beats(folder, name, annotator)
-        return self.predict_signal(x, header.fs, beats, record=name, symbols=symbols)
+        if beats is not None:  # annotations count frames
+            beats = signals.map_samples(beats, header.fs, fs)
+        return self.predict_signal(x, fs, beats, record=name, symbols=symbols)
 
     def predict_folder(self, folder: str | Path, annotator: str | None = BUNDLE_ANNOTATOR,
                        lead: str | None = None) -> pd.DataFrame:
@@ -158,7 +162,7 @@ class Bundle:
         if ext is None or not (folder / f"{name}.{ext}").is_file():
             log.info("record %s: no .%s annotations; detecting beats (XQRS)", name, ext)
             return None, None
-        ann = wfdb_io.read_annotations(folder, name, ext)
+        ann = wfdb_io.read_annotations(folder, name, ext, tolerant=self.segment.tolerant_headers)
         beat = ~np.isin(ann.symbol, self.labels.ignore)
         if not beat.any():
             log.warning("record %s: .%s holds no beat annotation; detecting beats", name, ext)
