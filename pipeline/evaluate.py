@@ -188,9 +188,8 @@ def run(
     classes = list(resolved["classes"])
     frames, available = _split_frames(params, spectrograms, splits, classes)
     device = resolve_device(params.device)
-    if run_id:
-        tracking.resume_run(run_id)
-    with tracking.fail_on_error(run_id) if run_id else nullcontext():
+    previous = tracking.resume_run(run_id) if run_id else None
+    with tracking.fail_on_error(run_id, previous_status=previous) if run_id else nullcontext():
         parts = []
         for split, frame in frames.items():
             loader = data.make_loader(data.SpectrogramDataset(spectrograms, frame),

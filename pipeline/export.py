@@ -253,9 +253,19 @@ def _register(params: ExportParams, model_dir: Path, out: Path) -> str | None:
     return version
 
 
+def _remove_leftovers(out: Path) -> None:
+    """Removes the hidden work folders an interrupted export of `out` left beside it."""
+    for stale in out.parent.glob(f".{out.name}.*"):
+        if stale.is_dir():
+            log.info("removing %s, left by an interrupted export", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def run(params: ExportParams, params_path: Path, model_dir: Path, reports: Path,
         segments: Path, spectrograms: Path, out: Path, splits: Path = Path("data/splits")) -> dict:
     """Writes the bundle of `model_dir` to `out` (module doc); returns its bundle.json content."""
+    if params.register_model:  # a down server must fail now, not after building the bundle
+        tracking.check_tracking_server()
     seg, spec = _stage_params(params_path, segments, spectrograms)
     model, preprocess, resolved = load_model(model_dir)
     classes = list(resolved["classes"])
@@ -265,6 +275,7 @@ def run(params: ExportParams, params_path: Path, model_dir: Path, reports: Path,
         raise ValueError(f"{reports / PREDICTIONS}: no test rows to check the bundle "
                          "against; add test to evaluate.splits and re-run evaluate")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     work.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared
     try:  # built beside `out` and moved there only once complete: a failure leaves no bundle
