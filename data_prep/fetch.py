@@ -28,6 +28,7 @@ from pathlib import Path
 from pydantic import Field
 from tqdm import tqdm
 
+from data_prep.cli import run_main
 from data_prep.layout import sha256_file, write_json
 from data_prep.params import (
     DEFAULT_PARAMS,
@@ -350,4 +351,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -43,6 +43,7 @@ from pydantic import (
 from tqdm import tqdm
 
 from data_prep import layout, signals, wfdb_io
+from data_prep.cli import run_main
 from data_prep.configs import (
     DATABASES_DIR,
     DatabaseConfig,
@@ -526,4 +527,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -42,6 +42,7 @@ from pydantic import Field, model_validator
 from scipy.signal import ShortTimeFFT, get_window
 from tqdm import tqdm
 
+from data_prep.cli import run_main
 from data_prep.layout import (
     INDEX,
     META,
@@ -406,4 +407,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -30,6 +30,7 @@ import pandas as pd
 from pydantic import Field
 from sklearn.model_selection import StratifiedGroupKFold
 
+from data_prep.cli import run_main
 from data_prep.configs import DATABASES_DIR, DatabaseConfig, SplitDefinition, load_database
 from data_prep.layout import INDEX, META, read_index, read_json, write_index, write_json
 from data_prep.params import (
@@ -251,4 +252,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from data_prep.cli import run_main
 from data_prep.layout import atomic_path, read_json, write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
 from pipeline import data, plots, run_tracking, tracking
@@ -330,4 +331,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -37,6 +37,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from data_prep.cli import run_main
 from data_prep.configs import load_label_map
 from data_prep.layout import load_shard, read_json, sha256_file
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, read_yaml
@@ -321,4 +322,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

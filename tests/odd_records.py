@@ -90,7 +90,13 @@ def unparsable_date(folder: Path, name: str) -> np.ndarray:
 
 
 def nan_only(folder: Path, name: str) -> np.ndarray:
-    return write_record(folder, name, seconds=20, signal=np.full((20 * FS, 2), np.nan))
+    """Every sample the format's invalid value (wfdb reads NaN); wrsamp cannot scale all-NaN."""
+    wfdb.wrsamp(name, fs=FS, units=["mV", "mV"], sig_name=["MLII", "V1"],
+                d_signal=np.full((20 * FS, 2), -32768, dtype=np.int16), fmt=["16", "16"],
+                adc_gain=[200.0, 200.0], baseline=[0, 0], write_dir=str(folder))
+    beats = regular_beats(20 * FS, FS)
+    write_annotations(folder, name, beats, ["N"] * len(beats))
+    return beats
 
 
 def flat(folder: Path, name: str) -> np.ndarray:
