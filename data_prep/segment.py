@@ -381,6 +381,8 @@ def process_record(ctx: Context, record: str) -> RecordResult:
         log.warning("record %s skipped (%s)", record, skip)
         result.skip = skip
         return result
+    except Exception as err:  # not a foreseen bad record: stop, but say which record
+        raise RuntimeError(f"record {record}: unexpected {type(err).__name__}: {err}") from err
     if windows.shape[0]:
         layout.save_shard(ctx.out_dir, record, windows)
         result.index = pd.DataFrame({"record": record, "row": np.arange(windows.shape[0]),

@@ -177,7 +177,12 @@ class Bundle:
         if ext is None or not (folder / f"{name}.{ext}").is_file():
             log.info("record %s: no .%s annotations; detecting beats (XQRS)", name, ext)
             return None, None
-        ann = wfdb_io.read_annotations(folder, name, ext, tolerant=self.segment.tolerant_headers)
+        try:
+            ann = wfdb_io.read_annotations(folder, name, ext,
+                                           tolerant=self.segment.tolerant_headers)
+        except ValueError as err:
+            raise ValueError(f"{err}; or pass annotator=None (CLI --annotator none) to detect "
+                             "beats instead") from None
         beat = ~np.isin(ann.symbol, self.labels.ignore)
         if not beat.any():
             log.warning("record %s: .%s holds no beat annotation; detecting beats", name, ext)

@@ -73,6 +73,7 @@ def test_detector_finds_the_beats_of_a_1000_hz_record(built, tmp_path) -> None: 
 def test_bad_records_are_reported_with_their_cause(table) -> None:
     assert _status(table, "truncann") == {"record_error"}
     assert "truncated" in _note(table, "truncann") and "truncann.atr" in _note(table, "truncann")
+    assert "--annotator none" in _note(table, "truncann")
     assert _status(table, "baddate") == {"record_error"}
     assert "base_date" in _note(table, "baddate") and "fetch" not in _note(table, "baddate")
     assert _status(table, "nodesc") == {"record_error"}

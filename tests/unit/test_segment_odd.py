@@ -98,3 +98,14 @@ def test_record_without_signals_does_not_suggest_the_fallback_it_has(tmp_path: P
                           raw, tmp_path / "out", workers=1)
     detail = summary["records"]["skipped"]["empty"]["detail"]
     assert "lead_fallback" not in detail and "no signal" in detail
+
+
+def test_an_unforeseen_error_names_the_record(tmp_path: Path, monkeypatch) -> None:
+    raw = _db(tmp_path, {"good": _good})
+
+    def crash(*_: object) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'strip'")
+
+    monkeypatch.setattr(segment.signals, "choose_lead", crash)
+    with pytest.raises(RuntimeError, match=r"record good: unexpected AttributeError"):
+        segment.run(make_params(), "synth", raw, tmp_path / "out", workers=1)
