@@ -16,9 +16,8 @@ from mlflow import MlflowClient
 
 from data_prep.params import read_yaml
 from pipeline import evaluate, run_tracking, tracking, train
-from tests.conftest import free_port
-from tests.unit.test_data import write_synthetic
-from tests.unit.test_train import QUICK
+from tests.helpers import QUICK, free_port
+from tests.synthetic import write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "test-ecg-spectrogram"
