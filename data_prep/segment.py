@@ -45,6 +45,7 @@ from data_prep.candidates import (
     record_segments,
     rhythm_segments,
 )
+from data_prep.cli import run_main
 from data_prep.configs import (
     DATABASES_DIR,
     DatabaseConfig,
@@ -84,6 +85,7 @@ class RecordResult:
     segments: Segments | None = None
     lead: str | None = None
     fell_back: bool = False
+    header_dropped: tuple[str, ...] = ()
     skip: RecordSkip | None = None
     index: pd.DataFrame | None = None
 
@@ -99,6 +101,25 @@ def _read(reader: Callable[..., T], *args: object, missing: str, unreadable: str
         raise RecordSkip(unreadable, lost, str(err)) from None
 
 
+def _header(ctx: Context, record: str) -> wfdb_io.Header:
+    """The record's header; one that cannot be read skips the record with the segments it
+    would have given: its labelled annotations when they can be read, else 1 (said so)."""
+    try:
+        return wfdb_io.read_header(ctx.record_dir, record,
+                                   tolerant=ctx.params.tolerant_headers)
+    except (FileNotFoundError, ValueError) as err:
+        reason = "missing_header" if isinstance(err, FileNotFoundError) else "unreadable_header"
+        lost, how = 1, "counted as 1 lost segment: how many it holds is unknown"
+        if ctx.params.label_mode == "beat":
+            try:
+                ann = wfdb_io.read_annotations(ctx.record_dir, record, ctx.annotator)
+                lost = max(int(np.isin(ann.symbol, list(ctx.labels.map)).sum()), 1)
+                how = f"{lost} labelled annotations in its .{ctx.annotator} lost"
+            except (FileNotFoundError, ValueError):
+                pass
+        raise RecordSkip(reason, lost, f"{err} ({how})") from None
+
+
 def _candidates(ctx: Context, record: str, header: wfdb_io.Header, n_out: int) -> Segments:
     params = ctx.params
     if params.label_mode == "record":
@@ -107,7 +128,8 @@ def _candidates(ctx: Context, record: str, header: wfdb_io.Header, n_out: int) -
             lost = signals.window_starts(n_out, length, stride).size
             raise RecordSkip("not_in_reference", lost, f"record {record} has no reference row")
         return record_segments(ctx.reference[record], n_out, params, ctx.labels)
-    ann = _read(wfdb_io.read_annotations, ctx.record_dir, record, ctx.annotator,
+    ann = _read(partial(wfdb_io.read_annotations, tolerant=params.tolerant_headers),
+                ctx.record_dir, record, ctx.annotator,
                 missing="missing_annotations", unreadable="unreadable_annotations")
     if params.label_mode == "beat":
         return beat_segments(ann, header.fs, header.n_samples, params, ctx.labels)
@@ -119,12 +141,12 @@ def _windows(ctx: Context, record: str, header: wfdb_io.Header, seg: Segments,
     """Reads, conditions and cuts the record's signal; windows touching NaN samples or failing
     the signal-quality rule (`windows.flat_windows`, as predict applies it) are skipped."""
     params, lost = ctx.params, seg.sample.size
-    x = _read(wfdb_io.read_signal, ctx.record_dir, record, channel,
-              missing="missing_signal", unreadable="unreadable_signal", lost=lost)
+    x = _read(partial(wfdb_io.read_signal, tolerant=params.tolerant_headers), ctx.record_dir,
+              record, channel, missing="missing_signal", unreadable="unreadable_signal", lost=lost)
     if np.isnan(x).all():
         raise RecordSkip("all_nan", lost, f"record {record}: every sample of the lead is NaN")
     try:
-        windows, clean = condition_and_cut(x, header.fs, seg.start, params)
+        windows, clean = condition_and_cut(x, header.signal_fs(channel), seg.start, params)
     except ValueError as err:  # e.g. a record shorter than the filter's padding
         raise RecordSkip("signal_error", lost, f"record {record}: {err}") from None
     seg.keep(clean, "nan_samples")
@@ -138,22 +160,26 @@ def process_record(ctx: Context, record: str) -> RecordResult:
     """Segments one record and writes its shard; a bad record becomes a counted skip."""
     result = RecordResult(record)
     try:
-        header = _read(wfdb_io.read_header, ctx.record_dir, record,
-                       missing="missing_header", unreadable="unreadable_header")
+        header = _header(ctx, record)
+        result.header_dropped = header.dropped
         n_out = signals.resampled_length(header.n_samples, header.fs, ctx.params.target_fs)
         result.segments = seg = _candidates(ctx, record, header, n_out)
         channel, result.fell_back = signals.choose_lead(
             header.sig_names, ctx.params.leads, ctx.params.lead_fallback)
         if channel is None:
+            fix = ("add one there or set lead_fallback: first" if header.sig_names
+                   else "the header lists no signal")
             raise RecordSkip("missing_lead", seg.sample.size,
                              f"record {record} has leads {list(header.sig_names)}, none of "
-                             f"segment.leads; add one there or set lead_fallback: first")
+                             f"segment.leads; {fix}")
         result.lead = header.sig_names[channel]
         windows = _windows(ctx, record, header, seg, channel)
     except RecordSkip as skip:
         log.warning("record %s skipped (%s)", record, skip)
         result.skip = skip
         return result
+    except Exception as err:  # not a foreseen bad record: stop, but say which record
+        raise RuntimeError(f"record {record}: unexpected {type(err).__name__}: {err}") from err
     if windows.shape[0]:
         layout.save_shard(ctx.out_dir, record, windows)
         result.index = pd.DataFrame({"record": record, "row": np.arange(windows.shape[0]),
@@ -206,6 +232,8 @@ def summarise(results: list[RecordResult], excluded: dict[str, str], labels: Lab
         "non_beat_annotations": dict(non_beat.most_common()),
         "unknown_labels": dict(unknown.most_common()),
         "lead_fallbacks": {r.record: r.lead for r in results if r.fell_back and r.lead},
+        "tolerated_headers": {r.record: list(r.header_dropped) for r in results
+                              if r.header_dropped},
         "per_record": per_record,
     }
 
@@ -301,4 +329,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

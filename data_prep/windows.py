@@ -39,6 +39,7 @@ class SegmentParams(StrictModel):
     window_s: PositiveFloat
     window_stride_s: PositiveFloat
     max_skip_fraction: float = Field(ge=0.0, le=1.0)
+    tolerant_headers: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> SegmentParams:
