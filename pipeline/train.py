@@ -17,6 +17,8 @@ params from the `train:` section of params.yaml. Writes to `models/<run>/`:
 Run: `python -m pipeline.train --params params.yaml --backbone vgg16.tv_in1k --freeze frozen
 --spectrograms data/spectrograms --splits data/splits --out models/vgg16.tv_in1k-frozen`
 (dvc.yaml runs it for every backbone x freeze mode in `train.backbones` x `train.freeze_modes`).
+Data-parallel: the same command under `torchrun` (`train.nproc` > 1 in dvc.yaml, through
+`pipeline.launch`; several nodes: docs/cluster.md), see `pipeline.distributed`.
 """
 
 from __future__ import annotations

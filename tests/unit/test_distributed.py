@@ -77,6 +77,12 @@ def test_launcher_builds_the_torchrun_command():
                            "4", "-m", "pipeline.train", "--params", "p.yaml"]
 
 
+def test_launcher_runs_one_process_in_place(capsys):
+    with pytest.raises(SystemExit) as done:
+        launch.main(["--nproc", "1", "pipeline.train", "--help"])
+    assert done.value.code == 0 and "--spectrograms" in capsys.readouterr().out
+
+
 def _params(folder: Path, **train_overrides) -> Path:
     params = read_yaml(REPO / "params.yaml")
     params["train"] |= {**QUICK, **DDP_RUN, **train_overrides}
