@@ -185,8 +185,9 @@ class ShardedSampler(Sampler[int]):
 
     Each global batch of `batch_size` indices is cut into `world` contiguous slices of
     `batch_size / world`; rank r takes slice r. The last, short batch is padded with its own
-    first indices up to a multiple of `world`, so every rank takes the same number of steps
-    (at most `world - 1` repeated images per epoch). With `batch_size=None` the whole epoch
+    first indices up to a multiple of `world`, and to two images per rank where the local batch
+    allows (BatchNorm cannot train on one), so every rank takes the same number of steps (at
+    most `2 * world - 1` repeated images per epoch). With `batch_size=None` the whole epoch
     is one contiguous block per rank, unpadded (validation: `gather` restores the order).
     """
 
@@ -200,8 +201,8 @@ class ShardedSampler(Sampler[int]):
             return
         for start in range(0, len(indices), self.batch_size):
             batch = indices[start:start + self.batch_size]
-            batch += batch[: -len(batch) % self.world]
-            per = len(batch) // self.world
+            per = max(-(-len(batch) // self.world), min(2, self.batch_size // self.world))
+            batch = (batch * per * self.world)[: per * self.world]  # repeats itself if short
             yield batch[self.rank * per:(self.rank + 1) * per]
 
     def __iter__(self) -> Iterator[int]:

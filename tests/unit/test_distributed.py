@@ -41,11 +41,14 @@ def _draws(sampler, batch: int | None, world: int) -> list[list[int]]:
 
 
 def test_each_rank_takes_its_slice_of_every_global_batch_and_the_short_one_is_padded():
-    ranks = _draws(range(10), 4, 2)
-    assert ranks == [[0, 1, 4, 5, 8], [2, 3, 6, 7, 9]]
-    ranks = _draws(range(9), 4, 2)  # last batch [8] padded to [8, 8]
-    assert ranks == [[0, 1, 4, 5, 8], [2, 3, 6, 7, 8]]
-    assert [len(distributed.ShardedSampler(range(9), 4, r, 2)) for r in (0, 1)] == [5, 5]
+    assert _draws(range(12), 4, 2) == [[0, 1, 4, 5, 8, 9], [2, 3, 6, 7, 10, 11]]
+    ranks = _draws(range(10), 4, 2)  # last batch [8, 9] padded to [8, 9, 8, 9]
+    assert ranks == [[0, 1, 4, 5, 8, 9], [2, 3, 6, 7, 8, 9]]
+    ranks = _draws(range(9), 4, 2)  # last batch [8] padded to [8, 8, 8, 8]: BatchNorm needs 2
+    assert ranks == [[0, 1, 4, 5, 8, 8], [2, 3, 6, 7, 8, 8]]
+    assert [len(distributed.ShardedSampler(range(9), 4, r, 2)) for r in (0, 1)] == [6, 6]
+    assert _draws(range(7), 6, 3) == [[0, 1, 6, 6], [2, 3, 6, 6], [4, 5, 6, 6]]
+    assert _draws(range(3), 2, 2) == [[0, 2], [1, 2]]  # a local batch of 1: one image per rank
     assert _draws(range(5), None, 2) == [[0, 1, 2], [3, 4]]  # validation: contiguous blocks
 
 
