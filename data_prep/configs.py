@@ -19,6 +19,7 @@ from data_prep.params import StrictModel, parse_section, read_yaml
 log = logging.getLogger(__name__)
 
 DATABASES_DIR = Path("configs/databases")
+DEFAULT_ANNOTATOR = "atr"  # PhysioNet's reference beat annotations
 
 # YAML reads an unquoted 100 as an int; record and subject names are always strings
 Name = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
@@ -71,6 +72,12 @@ def load_database(name: str, databases_dir: Path = DATABASES_DIR) -> DatabaseCon
         log.warning("%s: no database config; no exclusions, every record its own subject", path)
         return DatabaseConfig()
     return parse_section({"database": read_yaml(path)}, "database", DatabaseConfig, str(path))
+
+
+def resolve_annotator(explicit: str | None, db: DatabaseConfig | None = None) -> str:
+    """The annotation extension to read: segment.annotator, else the database config's, else
+    DEFAULT_ANNOTATOR. The segment stage records the result in its meta.json."""
+    return explicit or (db.annotator if db else None) or DEFAULT_ANNOTATOR
 
 
 def read_reference(path: Path) -> dict[str, str]:

@@ -1,7 +1,13 @@
-"""On-disk formats shared by the stages: atomic writes, index tables and array shards.
+"""The on-disk layout of every data folder (file names, index columns) and its readers/writers.
 
 Images and signals are stored as one `.npy` shard per record plus one `index.csv` per stage
 folder (DVC is slow on many small files). Record names are always strings ("100", "A00001").
+
+    data/raw/            fetch.json; <db>/: RECORDS, SHA256SUMS, WFDB files         (fetch)
+    data/segments/       shards/, index.csv (SEGMENT_COLUMNS), meta.json, summary.json (segment)
+    data/splits/         assignment.csv (ASSIGNMENT_COLUMNS), summary.json           (split)
+    data/spectrograms/   shards/, index.csv, meta.json (its "segments" key holds the segment
+                         meta.json), preview/<class>.png, png/<class>/...  (spectrogram)
 """
 
 from __future__ import annotations
@@ -24,6 +30,21 @@ META = "meta.json"
 SUMMARY = "summary.json"
 SHARDS = "shards"
 INDEX_DTYPES = {"record": str, "label": str, "symbol": str}
+
+RECORDS = "RECORDS"  # a PhysioNet database folder's list of record names
+MANIFEST_NAMES = ("SHA256SUMS", "SHA256SUMS.txt")  # mirrors made by hand / PhysioNet's own name
+FETCH_JSON = "fetch.json"  # what the fetch stage fetched, from where, with which digests
+SEGMENT_COLUMNS = ("record", "row", "sample", "label", "symbol")  # row = row in the shard
+ASSIGNMENT = "assignment.csv"
+ASSIGNMENT_COLUMNS = ("record", "subject", "split", "fold")  # fold: -1 for test records
+SPLITS = ("train", "val", "test")
+PREVIEW, PNG = "preview", "png"  # spectrogram folder: grids per class, optional PNG per image
+SEGMENTS_META = "segments"  # spectrogram meta.json key holding the segment stage's meta.json
+
+
+def parse_records(text: str) -> list[str]:
+    """Record names of a RECORDS file, one per line (a trailing slash marks a folder)."""
+    return [line.strip().rstrip("/") for line in text.splitlines() if line.strip()]
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """Data-parallel training with torch.distributed, for processes started by `torchrun`.
 
-`torchrun` (or `python -m pipeline.launch`, which calls it when `train.nproc` > 1) starts one
-process per device and sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT;
+`torchrun` starts one process per device and sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and
+MASTER_PORT (`python -m pipeline.train` starts torchrun itself when `train.nproc` > 1);
 `session()` joins the process group (NCCL on CUDA, gloo on CPU). Without those variables
 everything here is the identity and training runs in one process as before.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,6 +104,30 @@ def session(device: str = "auto") -> Iterator[Ranks]:
         yield job
     finally:
         dist.destroy_process_group()
+
+
+def torchrun_command(nproc: int, module: str, args: list[str]) -> list[str]:
+    """`torchrun --standalone --nproc-per-node nproc -m module args`: one node, a private
+    rendezvous, with this interpreter."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", str(nproc), "-m", module, *args]
+
+
+def relaunch_under_torchrun(nproc: int, module: str, args: list[str]) -> None:
+    """Replaces this process by `nproc` torchrun processes of `python -m module args`, unless
+    nproc is 1 or torchrun started this process already (then returns and nothing happens).
+
+    The stage's CLI calls it with its `nproc` param, so `dvc repro` and a plain
+    `python -m pipeline.train` both train data-parallel; torchrun's exit status becomes the
+    command's.
+    """
+    if nproc <= 1 or all(name in os.environ for name in ENV_VARS):
+        return
+    command = torchrun_command(nproc, module, args)
+    log.info("starting %d processes: %s", nproc, " ".join(command))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
 
 
 def device_of_rank(device: torch.device) -> torch.device:

@@ -17,8 +17,9 @@ params from the `train:` section of params.yaml. Writes to `models/<run>/`:
 Run: `python -m pipeline.train --params params.yaml --backbone vgg16.tv_in1k --freeze frozen
 --spectrograms data/spectrograms --splits data/splits --out models/vgg16.tv_in1k-frozen`
 (dvc.yaml runs it for every backbone x freeze mode in `train.backbones` x `train.freeze_modes`).
-Data-parallel: the same command under `torchrun` (`train.nproc` > 1 in dvc.yaml, through
-`pipeline.launch`; several nodes: docs/cluster.md), see `pipeline.distributed`.
+With `train.nproc` > 1 it restarts itself under `torchrun --standalone` with that many
+data-parallel processes (several nodes: start torchrun yourself, docs/cluster.md); see
+`pipeline.distributed`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import hashlib
 import logging
 import platform
+import sys
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -44,11 +46,12 @@ from torch.utils.data import Dataset
 
 from data_prep.layout import atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
-from pipeline import data, distributed, features, run_tracking, tracking
+from pipeline import data, distributed, features, run_tracking
 from pipeline.checkpoint import Checkpointer, save_weights
 from pipeline.engine import EpochCallback, FitConfig, FitResult, fit, resolve_device
 from pipeline.freeze import FreezeReport, apply_freeze, feature_extractor, param_groups
 from pipeline.models import build_model, model_data_config
+from pipeline.run_folder import CHECKPOINT, FEATURES, HISTORY, METRICS, MODEL, RESOLVED
 from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
 from pipeline.weights import WeightsSource, resolve_weights
 
@@ -56,9 +59,6 @@ log = logging.getLogger(__name__)
 
 FreezeMode = Literal["frozen", "partial", "full"]
 MATRIX_KEYS = ("backbones", "freeze_modes")  # choose the DVC matrix runs, not one run's result
-MODEL, HISTORY, METRICS, RESOLVED, CHECKPOINT = (
-    "model.safetensors", "history.csv", "metrics.json", "resolved_config.json", "checkpoint"
-)
 CODE_MODULES = ("train", "engine", "checkpoint", "data", "features", "transforms", "models",
                 "freeze", "distributed")  # the pipeline modules in the DVC stage's deps
 LAUNCH_KEYS = ("nproc",)  # how many processes, not what is trained: a run resumes with any
@@ -151,7 +151,7 @@ def run(
     """
     started = time.monotonic()
     if tracking_params is not None:  # a down server must fail now, not after hours of training
-        tracking.check_tracking_server()
+        run_tracking.check_tracking_server()
     meta = data.read_meta(spectrograms)
     classes = list(meta["classes"])
     frame = data.load_split_index(spectrograms, splits, classes)
@@ -257,7 +257,7 @@ def _train_sets(
     feature_sets = distributed.feature_datasets(
         feature_fn,
         {s: data.SpectrogramDataset(spectrograms, df) for s, df in frames.items()},
-        Path(params.feature_cache_dir or out / "features") / f"{backbone}-{key}",
+        Path(params.feature_cache_dir or out / FEATURES) / f"{backbone}-{key}",
         device, setup.prepare.preprocess,
         batch_size=2 * params.batch_size,  # no gradients to keep: twice the batch fits
         workers=workers, dtype=params.feature_dtype,
@@ -398,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     tracking_params = run_tracking.load_tracking(args.params)
     backbone = args.backbone or params.backbones[0]
     freeze = args.freeze or params.freeze_modes[0]
+    distributed.relaunch_under_torchrun(params.nproc, "pipeline.train",
+                                        sys.argv[1:] if argv is None else argv)
     with distributed.session(params.device):  # joins torchrun's process group, if any
         run(params, backbone, freeze, args.spectrograms, args.splits,
             args.out or Path("models") / f"{backbone}-{freeze}", tracking_params)

@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DS1_PART = ["101", "106", "108", "109", "112", "114", "118"]
 DS2_PART = ["100", "103", "105"]

@@ -25,9 +25,10 @@ import torch
 import yaml
 
 from data_prep.params import read_yaml
-from pipeline import data, distributed, launch, train
-from tests.unit.test_data import write_synthetic
-from tests.unit.test_train import QUICK
+from pipeline import data, distributed, train
+from pipeline.run_folder import CHECKPOINT, HISTORY, METRICS, MODEL, RESOLVED
+from tests.helpers import QUICK
+from tests.synthetic import write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = {"loss": 1e-4, "acc": 1e-6, "macro_f1": 1e-6}  # float32 sums in another order
@@ -74,16 +75,21 @@ def test_without_torchrun_everything_is_one_process():
     assert distributed.wrap(module, torch.device("cpu")) is module
 
 
-def test_launcher_builds_the_torchrun_command():
-    command = launch.torchrun_command(4, "pipeline.train", ["--params", "p.yaml"])
+def test_train_restarts_under_torchrun_only_when_asked_and_not_yet_there(monkeypatch):
+    command = distributed.torchrun_command(4, "pipeline.train", ["--params", "p.yaml"])
     assert command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                            "4", "-m", "pipeline.train", "--params", "p.yaml"]
 
+    def execv(*args):
+        raise AssertionError(f"would exec {args}")
 
-def test_launcher_runs_one_process_in_place(capsys):
-    with pytest.raises(SystemExit) as done:
-        launch.main(["--nproc", "1", "pipeline.train", "--help"])
-    assert done.value.code == 0 and "--spectrograms" in capsys.readouterr().out
+    monkeypatch.setattr(distributed.os, "execv", execv)
+    distributed.relaunch_under_torchrun(1, "pipeline.train", [])  # one process: stays
+    with pytest.raises(AssertionError, match=r"torch\.distributed\.run"):
+        distributed.relaunch_under_torchrun(2, "pipeline.train", [])
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    distributed.relaunch_under_torchrun(2, "pipeline.train", [])  # already under torchrun
 
 
 def _params(folder: Path, **train_overrides) -> Path:
@@ -99,7 +105,7 @@ def _torchrun(params: Path, spec: Path, splits: Path, out: Path, env: dict, log:
               freeze: str = "partial"):
     args = ["--params", params, "--backbone", "test_convnext", "--freeze", freeze,
             "--spectrograms", spec, "--splits", splits, "--out", out]
-    command = [sys.executable, "-m", "pipeline.launch", "--nproc", "2", "pipeline.train", *args]
+    command = [sys.executable, "-m", "pipeline.train", *args]  # train.nproc: 2 -> torchrun
     with log.open("ab") as fh:
         return subprocess.Popen([str(c) for c in command], cwd=REPO, env=env, stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -139,15 +145,15 @@ def test_two_gloo_processes_match_one_write_once_and_resume(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri,
            "OMP_NUM_THREADS": "1"}
     done = _interrupt_after_first_epoch(_torchrun(params, spec, splits, out, env, log),
-                                        out / train.CHECKPOINT / "state.json", log)
+                                        out / CHECKPOINT / "state.json", log)
     assert done < 3, "interrupted too late to test resuming"
-    assert not (out / train.MODEL).exists()
+    assert not (out / MODEL).exists()
     run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
     _finish(_torchrun(params, spec, splits, out, env, log), log)
-    assert f"resuming {out / train.CHECKPOINT} after epoch {done}" in log.read_text()
+    assert f"resuming {out / CHECKPOINT} after epoch {done}" in log.read_text()
 
-    expected = pd.read_csv(single / train.HISTORY)
-    history = pd.read_csv(out / train.HISTORY)
+    expected = pd.read_csv(single / HISTORY)
+    history = pd.read_csv(out / HISTORY)
     assert history["epoch"].tolist() == [1, 2, 3]
     for name, tol in TOLERANCE.items():
         for prefix in ("val_", "train_"):
@@ -158,11 +164,11 @@ def test_two_gloo_processes_match_one_write_once_and_resume(tmp_path):
     # one writer: one run folder, one checkpoint set, one MLflow run (resumed, finished)
     # (a SIGTERM mid-write may leave rank 0's ".history.csv.*.tmp": no handler runs `finally`)
     assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".tmp")) == sorted(
-        [train.MODEL, train.HISTORY, train.METRICS, train.RESOLVED, train.CHECKPOINT,
+        [MODEL, HISTORY, METRICS, RESOLVED, CHECKPOINT,
          "mlflow_run.json"])
-    kept = sorted(p.name for p in (out / train.CHECKPOINT).iterdir())
+    kept = sorted(p.name for p in (out / CHECKPOINT).iterdir())
     assert len(kept) == 4 and kept[-1] == "state.json" and "module-e0003.safetensors" in kept
-    assert json.loads((out / train.RESOLVED).read_text())["processes"] == 2
+    assert json.loads((out / RESOLVED).read_text())["processes"] == 2
     client = MlflowClient(uri)
     [experiment] = [e for e in client.search_experiments() if e.name == "test-ddp"]
     runs = client.search_runs([experiment.experiment_id])
@@ -190,7 +196,7 @@ def test_frozen_mode_shards_feature_extraction_and_trains_the_head_as_one_proces
             name = f"{split}.{kind}.npy"
             assert np.load(cache / name) == pytest.approx(
                 np.load(single / "features" / cache.name / name), abs=1e-5), name
-    expected, history = pd.read_csv(single / train.HISTORY), pd.read_csv(out / train.HISTORY)
+    expected, history = pd.read_csv(single / HISTORY), pd.read_csv(out / HISTORY)
     for name, tol in TOLERANCE.items():
         assert history["val_" + name].to_numpy() == pytest.approx(
             expected["val_" + name].to_numpy(), abs=tol), name

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import fetch
+from data_prep import checksums, fetch
 from data_prep.fetch import DatasetParams, FetchParams, run
 
 DB = "toydb"
@@ -79,7 +79,7 @@ def test_record_selection_writes_subset_records_and_manifest(tmp_path: Path) -> 
     raw = out / DB
     assert listing(raw) == {"r2.hea", "r2.dat", "r2.atr", "r2.mat", "RECORDS", "SHA256SUMS.txt"}
     assert (raw / "RECORDS").read_text() == "r2\n"
-    manifest = fetch.parse_manifest((raw / "SHA256SUMS.txt").read_text())
+    manifest = checksums.parse_manifest((raw / "SHA256SUMS.txt").read_text())
     assert manifest == {n: _sha(FILES[n]) for n in ("r2.hea", "r2.dat", "r2.atr", "r2.mat")}
     assert summary["records"] == ["r2"] and summary["verified"] == 4
 

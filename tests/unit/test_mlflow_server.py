@@ -17,9 +17,8 @@ from mlflow import MlflowClient
 
 from data_prep.params import read_yaml
 from pipeline import evaluate, run_tracking, tracking, train
-from tests.conftest import SERVER_ARTIFACTS, free_port
-from tests.unit.test_data import write_synthetic
-from tests.unit.test_train import QUICK
+from tests.helpers import QUICK, free_port
+from tests.synthetic import write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "test-ecg-spectrogram"
@@ -96,7 +95,7 @@ def test_train_and_evaluate_log_one_run(mlflow_server, tmp_path, monkeypatch):
 
 
 def test_every_artifact_lands_in_the_servers_store_and_none_beside_the_client(
-        mlflow_server, mlflow_server_root, tmp_path, monkeypatch):
+        mlflow_server, mlflow_server_artifacts, tmp_path, monkeypatch):
     """A shared server (--serve-artifacts): reports, plots, configs and the logged model are
     uploaded through it; the client's folder keeps only the stages' own outputs."""
     monkeypatch.setenv(tracking.URI_ENV, mlflow_server)
@@ -112,7 +111,7 @@ def test_every_artifact_lands_in_the_servers_store_and_none_beside_the_client(
     client = MlflowClient(mlflow_server)
     run = client.get_run(run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied, not a client path
-    store = mlflow_server_root / SERVER_ARTIFACTS
+    store = mlflow_server_artifacts
     run_store = store / urlparse(run.info.artifact_uri).path.lstrip("/")
     artifacts = _artifacts(client, run_id)
     assert {"train/history.csv", "evaluation/metrics.json",

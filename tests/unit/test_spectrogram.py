@@ -10,14 +10,8 @@ from scipy import ndimage
 
 from data_prep import layout
 from data_prep.params import parse_section
-from data_prep.spectrogram import (
-    SpectrogramParams,
-    _resize,
-    main,
-    plan,
-    run,
-    spectrogram_images,
-)
+from data_prep.spectrogram import main, run
+from data_prep.stft import SpectrogramParams, _resize, plan, spectrogram_images
 
 FS = 250.0
 L = 625  # 2.5 s windows, as the segment stage writes them for mitdb
