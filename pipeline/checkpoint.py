@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from data_prep.layout import atomic_path, read_json, write_json
 
@@ -51,7 +52,10 @@ def load_weights(module: nn.Module, path: Path) -> None:
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
-    # torch.compile wraps the module; its state dict keys carry an "_orig_mod." prefix
+    # DistributedDataParallel and torch.compile wrap the module; their state dict keys carry a
+    # "module." / "_orig_mod." prefix
+    if isinstance(module, DistributedDataParallel):
+        module = module.module
     return getattr(module, "_orig_mod", module)
 
 
