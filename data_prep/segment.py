@@ -37,11 +37,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data_prep import layout, signals, wfdb_io
+from data_prep import layout, rhythm, signals, wfdb_io
 from data_prep.candidates import (
     RecordSkip,
     Segments,
+    attach_window_rhythm,
     beat_segments,
+    beat_times,
     record_segments,
     rhythm_segments,
 )
@@ -75,6 +77,7 @@ class Context:
     out_dir: Path
     annotator: str
     reference: dict[str, str]
+    beat_symbols: frozenset[str]  # annotation symbols that are beats (segment.rhythm.beat_labels)
 
 
 @dataclass
@@ -132,7 +135,9 @@ def _candidates(ctx: Context, record: str, header: wfdb_io.Header, n_out: int) -
                 missing="missing_annotations", unreadable="unreadable_annotations")
     if params.label_mode == "beat":
         return beat_segments(ann, header.fs, header.n_samples, params, ctx.labels)
-    return rhythm_segments(ann, header.fs, n_out, params, ctx.labels)
+    seg = rhythm_segments(ann, header.fs, n_out, params, ctx.labels)
+    attach_window_rhythm(seg, beat_times(ann, header.fs, ctx.beat_symbols), params)
+    return seg
 
 
 def _windows(ctx: Context, record: str, header: wfdb_io.Header, seg: Segments,
@@ -144,6 +149,10 @@ def _windows(ctx: Context, record: str, header: wfdb_io.Header, seg: Segments,
               record, channel, missing="missing_signal", unreadable="unreadable_signal", lost=lost)
     if np.isnan(x).all():
         raise RecordSkip("all_nan", lost, f"record {record}: every sample of the lead is NaN")
+    if params.label_mode == "record":  # no beat annotations: the detector gives the beats
+        fs = header.signal_fs(channel)
+        filled = np.nan_to_num(x)
+        attach_window_rhythm(seg, wfdb_io.detect_qrs(filled, fs) / fs, params)
     try:
         windows, clean = condition_and_cut(x, header.signal_fs(channel), seg.start, params)
     except ValueError as err:  # e.g. a record shorter than the filter's padding
@@ -181,7 +190,9 @@ def process_record(ctx: Context, record: str) -> RecordResult:
         layout.save_shard(ctx.out_dir, record, windows)
         result.index = pd.DataFrame({"record": record, "row": np.arange(windows.shape[0]),
                                      "sample": seg.sample, "label": seg.label,
-                                     "symbol": seg.symbol})
+                                     "symbol": seg.symbol,
+                                     **seg.rhythm_columns(rhythm.feature_names(
+                                         ctx.params.label_mode))})
     return result
 
 
@@ -204,6 +215,7 @@ def summarise(results: list[RecordResult], excluded: dict[str, str], labels: Lab
     skipped: Counter[str] = Counter()
     non_beat: Counter[str] = Counter()
     unknown: Counter[str] = Counter()
+    rr_status: Counter[str] = Counter()
     per_record = {}
     for res in results:
         seg = res.segments or Segments(*(np.empty(0),) * 3)
@@ -213,6 +225,8 @@ def summarise(results: list[RecordResult], excluded: dict[str, str], labels: Lab
         skipped.update(lost)
         non_beat.update(seg.non_beat)
         unknown.update(seg.unknown)
+        if res.index is not None:
+            rr_status.update(s for s in res.index[rhythm.STATUS] if s)
         per_record[res.record] = {"kept": 0 if res.index is None else len(res.index),
                                   "skipped": dict(lost)}
     n_kept, n_skipped = sum(kept.values()), sum(skipped.values())
@@ -228,6 +242,8 @@ def summarise(results: list[RecordResult], excluded: dict[str, str], labels: Lab
         "max_skip_fraction": params.max_skip_fraction,
         "non_beat_annotations": dict(non_beat.most_common()),
         "unknown_labels": dict(unknown.most_common()),
+        # kept, with a defined stand-in value for an interval that could not be measured
+        "rhythm_fallbacks": dict(rr_status.most_common()),
         "lead_fallbacks": {r.record: r.lead for r in results if r.fell_back and r.lead},
         "tolerated_headers": {r.record: list(r.header_dropped) for r in results
                               if r.header_dropped},
@@ -272,8 +288,10 @@ def _context(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path,
         found = [p for p in (record_dir / ref, raw_dir / ref) if p.is_file()]
         reference = read_reference(found[0] if found else record_dir / ref)
     annotator = resolve_annotator(params.annotator, db)
+    beats = params.rhythm.beat_labels
+    beat_symbols = frozenset(load_label_map(Path(beats)).map) if beats else frozenset()
     return Context(params, load_label_map(Path(params.label_map)), record_dir, out_dir,
-                   annotator, reference)
+                   annotator, reference, beat_symbols)
 
 
 def run(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path, *,
@@ -304,6 +322,7 @@ def run(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path, *,
         # read what the stage did from here, never from params.yaml
         "params": params.model_copy(update={"annotator": ctx.annotator}).model_dump(mode="json"),
         "signal_quality": signal_quality(),
+        "rhythm": rhythm.describe(params.label_mode, params.rhythm),
     })
     log.info("%s: %d segments kept %s, %d skipped (%.2f%%)", database, summary["kept_total"],
              summary["segments_kept"], summary["skipped_total"], 100 * summary["skip_fraction"])

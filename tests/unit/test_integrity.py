@@ -13,12 +13,9 @@ import pytest
 from data_prep import layout
 from pipeline import bundle, evaluate, export, predict, run_tracking, tracking
 from pipeline.checkpoint import load_weights
-from tests.helpers import free_port
+from tests.conftest import free_port
+from tests.helpers import export_params
 from tests.tiny_pipeline import stage_params
-
-
-def export_params(**overrides) -> export.ExportParams:
-    return export.ExportParams.model_validate({**stage_params()["export"], **overrides})
 
 
 def _truncate(path: Path, keep: float = 0.5) -> None:

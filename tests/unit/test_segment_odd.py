@@ -8,16 +8,9 @@ import numpy as np
 import pytest
 
 from data_prep import layout, segment
-from data_prep.params import read_yaml
 from tests import odd_records
-from tests.helpers import REPO
+from tests.helpers import segment_params as make_params
 from tests.synthetic import write_record, write_records_file
-
-
-def make_params(**overrides: object) -> segment.SegmentParams:
-    section = read_yaml(REPO / "params.yaml")["segment"]
-    return segment.SegmentParams.model_validate(
-        {**section, "label_map": str(REPO / "configs" / "labels" / "aami.yaml"), **overrides})
 
 
 def _db(tmp_path: Path, builders: dict[str, object]) -> Path:
