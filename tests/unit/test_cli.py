@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from data_prep.cli import run_main
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _raise(error: Exception):
