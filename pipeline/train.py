@@ -44,6 +44,7 @@ import torch
 from pydantic import Field, model_validator
 from torch.utils.data import Dataset
 
+from data_prep.cli import run_main
 from data_prep.layout import atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
 from pipeline import data, distributed, features, run_tracking
@@ -406,4 +407,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
