@@ -29,8 +29,11 @@ from sklearn.metrics import (
 
 from pipeline.curves import calibration, pr_points, present_classes, roc_points, safe_div
 
-SUMMARY_STATS = ("accuracy", "macro_f1", "balanced_accuracy")
-CLASS_STATS = ("se", "ppv")
+SUMMARY_STATS = ("accuracy", "macro_f1", "balanced_accuracy", "macro_f1_nsvf")
+CLASS_STATS = ("se", "ppv", "f1")
+# The field's headline average: N, S, V, F (Q has 7 test beats in mitdb's DS2, which estimate
+# nothing; a 5-class macro-F1 is dominated by that noise). NaN when a database lacks them.
+CORE_CLASSES = ("N", "S", "V", "F")
 
 
 @dataclass
@@ -92,7 +95,9 @@ def evaluate(
     record_names, codes = np.unique(records, return_inverse=True)
     per_record_cm = record_confusions(y_true, y_pred, codes, len(record_names), k)
     counts = per_record_cm.sum(axis=0)
-    rates = _rates(counts)
+    core = [list(class_names).index(c) for c in CORE_CLASSES if c in class_names]
+    core = core if len(core) == len(CORE_CLASSES) else []
+    rates = _rates(counts, core)
     notes: list[str] = []
     auc, ap = _auc_ap(y_true, probs, class_names, notes)
     per_class = pd.DataFrame(
@@ -113,7 +118,7 @@ def evaluate(
     summary |= {"ece": ece, "log_loss": float(log_loss(y_true, unit, labels=list(range(k))))}
     summary |= {"n_segments": len(y_true), "n_records": len(record_names)}
     if n_boot > 0:
-        intervals = bootstrap_intervals(per_record_cm, n_boot, seed, alpha)
+        intervals = bootstrap_intervals(per_record_cm, n_boot, seed, alpha, core)
         for stat in SUMMARY_STATS:
             summary[f"{stat}_ci_low"], summary[f"{stat}_ci_high"] = map(float, intervals[stat])
         for stat in CLASS_STATS:
@@ -144,7 +149,7 @@ def row_normalise(counts: np.ndarray) -> np.ndarray:
     return safe_div(counts, counts.sum(axis=-1, keepdims=True))
 
 
-def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
+def _rates(cm: np.ndarray, core: list[int] | None = None) -> dict[str, np.ndarray]:
     """EC57 rates from confusion matrices (..., K, K), vectorised over leading axes.
 
     Se = TP/(TP+FN), +P (ppv) = TP/(TP+FP), FPR = FP/(FP+TN), F1 = 2TP/(2TP+FP+FN).
@@ -162,11 +167,15 @@ def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
         "tp": tp, "fp": fp, "fn": fn, "tn": tn, "se": se, "ppv": safe_div(tp, predicted),
         "fpr": safe_div(fp, fp + tn), "f1": f1, "accuracy": safe_div(tp.sum(axis=-1), total),
         "macro_f1": _nanmean(f1, axis=-1), "balanced_accuracy": _nanmean(se, axis=-1),
+        # N, S, V, F average (CORE_CLASSES; `core` their indices), NaN without them
+        "macro_f1_nsvf": (_nanmean(f1[..., core], axis=-1) if core
+                          else np.full(f1.shape[:-1], np.nan)),
     }
 
 
 def bootstrap_intervals(
-    per_record_cm: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+    per_record_cm: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+    core: list[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Percentile intervals from resampling records (patients) with replacement.
 
@@ -184,7 +193,7 @@ def bootstrap_intervals(
     offsets = (np.arange(n_boot)[:, None] * n_records + draws).ravel()
     weights = np.bincount(offsets, minlength=n_boot * n_records).reshape(n_boot, n_records)
     cms = (weights @ per_record_cm.reshape(n_records, k * k)).reshape(n_boot, k, k)
-    rates = _rates(cms)
+    rates = _rates(cms, core or [])
     quantiles = [100 * alpha / 2, 100 * (1 - alpha / 2)]
     with warnings.catch_warnings():  # all-NaN columns (class never seen) are expected
         warnings.simplefilter("ignore", RuntimeWarning)

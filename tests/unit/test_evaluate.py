@@ -12,6 +12,7 @@ import torch
 import yaml
 from sklearn.metrics import f1_score
 
+from data_prep import layout
 from data_prep.layout import load_shard
 from data_prep.params import read_yaml
 from pipeline import evaluate, report_folder, run_folder, train
@@ -29,7 +30,8 @@ def eval_params(**overrides) -> evaluate.EvaluateParams:
     """The repository's evaluate params with test overrides (so params.yaml is tested too)."""
     section = read_yaml(REPO / "params.yaml")["evaluate"]
     return evaluate.EvaluateParams.model_validate({**section, "n_boot": 50, "device": "cpu",
-                                                   "batch_size": 8, **overrides})
+                                                   "batch_size": 8, "splits": ["test", "val"],
+                                                   **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +112,13 @@ def test_predictions_are_the_rebuilt_models_probabilities(trained, report):
     test = predictions[predictions["split"] == "test"].head(5)
     images = torch.stack([torch.from_numpy(np.array(load_shard(spec, r)[i]))
                           for r, i in zip(test["record"], test["row"], strict=True)])
+    index = layout.read_index(spec / "index.csv").set_index(["record", "row"])
+    names = run_folder.rhythm_names(resolved)
+    assert names  # the default inputs fuse the image with the rhythm features
+    rr = torch.from_numpy(index.loc[list(zip(test["record"], test["row"], strict=True)),
+                                    names].to_numpy(np.float32))
     with torch.inference_mode():
-        probs = run_folder.ImageClassifier(preprocess, model)(images).numpy()
+        probs = run_folder.ImageClassifier(preprocess, model)(images, rr).numpy()
     np.testing.assert_allclose(probs, test[[f"prob_{c}" for c in CLASSES]].to_numpy(), atol=1e-6)
 
 

@@ -128,14 +128,33 @@ def test_bootstrap_contains_point_and_narrows_with_records():
         metrics.evaluate(y, probs, names, records, n_boot=1000, seed=3)
         for y, probs, records in (synthetic(8, seed=1), synthetic(120, seed=1))
     )
+    stats = [s for s in metrics.SUMMARY_STATS if s != "macro_f1_nsvf"]  # no F class here
     for ev in (few, many):
-        for stat in metrics.SUMMARY_STATS:
+        assert np.isnan(ev.summary["macro_f1_nsvf"])
+        for stat in stats:
             assert ev.summary[f"{stat}_ci_low"] <= ev.summary[stat] <= ev.summary[f"{stat}_ci_high"]
         pc = ev.per_class
         assert ((pc.se_ci_low <= pc.se) & (pc.se <= pc.se_ci_high)).all()
         assert ((pc.ppv_ci_low <= pc.ppv) & (pc.ppv <= pc.ppv_ci_high)).all()
-    for stat in metrics.SUMMARY_STATS:
+    for stat in stats:
         assert width(many, stat) < width(few, stat) / 2
+
+
+def test_four_class_macro_f1_leaves_q_out_and_has_intervals():
+    rng = np.random.default_rng(0)
+    records = np.repeat([f"r{i}" for i in range(20)], 100)
+    y = rng.choice(5, size=records.size, p=[0.6, 0.15, 0.15, 0.09, 0.01])
+    logits = rng.normal(size=(y.size, 5))
+    logits[np.arange(y.size), y] += 2.0
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    ev = metrics.evaluate(y, probs, ["N", "S", "V", "F", "Q"], records, n_boot=200)
+    f1 = ev.per_class["f1"]
+    assert ev.summary["macro_f1_nsvf"] == pytest.approx(f1[["N", "S", "V", "F"]].mean())
+    assert ev.summary["macro_f1_nsvf"] != pytest.approx(f1.mean())
+    low, high = ev.summary["macro_f1_nsvf_ci_low"], ev.summary["macro_f1_nsvf_ci_high"]
+    assert low <= ev.summary["macro_f1_nsvf"] <= high
+    pc = ev.per_class
+    assert ((pc.f1_ci_low <= pc.f1) & (pc.f1 <= pc.f1_ci_high)).all()
 
 
 def test_bootstrap_resamples_records_not_beats():
