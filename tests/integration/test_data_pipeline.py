@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.repo_params import write_committed_params
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +47,8 @@ def _set_params(project: Path, **sections: dict) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, physionet_mirror: Path) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO / name, root / name)
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    write_committed_params(root / "params.yaml")
     for folder in ("configs", "data_prep"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "ECG_PHYSIONET_MIRROR": str(physionet_mirror),

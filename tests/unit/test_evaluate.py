@@ -13,9 +13,10 @@ import yaml
 from sklearn.metrics import f1_score
 
 from data_prep.layout import load_shard
-from data_prep.params import read_yaml
+from data_prep.params import parse_section
 from pipeline import evaluate, train
 from pipeline.metrics import nan_to_none
+from tests.repo_params import committed_params
 from tests.unit.test_data import CLASSES, RECORDS, write_synthetic
 from tests.unit.test_train import make_params
 
@@ -27,7 +28,7 @@ N_VAL = sum(sum(n) for split, n in RECORDS.values() if split == "val")
 
 def eval_params(**overrides) -> evaluate.EvaluateParams:
     """The repository's evaluate params with test overrides (so params.yaml is tested too)."""
-    section = read_yaml(REPO / "params.yaml")["evaluate"]
+    section = committed_params()["evaluate"]
     return evaluate.EvaluateParams.model_validate({**section, "n_boot": 50, "device": "cpu",
                                                    "batch_size": 8, **overrides})
 
@@ -124,7 +125,7 @@ def test_capped_evaluation_says_it_is_a_subset(trained, tmp_path):
 
 
 def test_params_and_dvc_stage():
-    params = evaluate.load_section("evaluate", evaluate.EvaluateParams, REPO / "params.yaml")
+    params = parse_section(committed_params(), "evaluate", evaluate.EvaluateParams)
     assert params.splits[0] == "test" and params.max_per_class is None
     with pytest.raises(ValueError, match="must hold 'test'"):
         eval_params(splits=["val"])

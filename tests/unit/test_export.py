@@ -18,8 +18,9 @@ import yaml
 
 from data_prep import segment, spectrogram
 from data_prep.layout import sha256_file
-from data_prep.params import read_yaml
+from data_prep.params import parse_section
 from pipeline import bundle, evaluate, export, train
+from tests.repo_params import committed_params
 from tests.synthetic import write_record, write_records_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ _BUILT: dict[str, dict[str, Path]] = {}  # one build per test process, shared wi
 
 def stage_params() -> dict:
     """The repository's params with small, fast overrides for the synthetic records."""
-    data = read_yaml(REPO / "params.yaml")
+    data = committed_params()
     data["segment"] |= {"label_map": str(REPO / "configs/labels/aami.yaml"),
                         "max_skip_fraction": 0.5}
     data["spectrogram"] |= {"image_size": 32, "workers": 1, "preview_per_class": 2}
@@ -184,7 +185,7 @@ def test_bundle_format_check(built, tmp_path):
 
 
 def test_repository_params_and_dvc_stage():
-    params = export.load_section("export", export.ExportParams, REPO / "params.yaml")
+    params = parse_section(committed_params(), "export", export.ExportParams)
     assert params.parity_atol == 1e-4 and params.parity_max_images is None
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["export"]
     assert stage["matrix"] == yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][

@@ -13,6 +13,7 @@ import pytest
 
 from data_prep import fetch
 from data_prep.fetch import DatasetParams, FetchParams, run
+from tests.repo_params import committed_params
 
 DB = "toydb"
 FILES = {
@@ -264,7 +265,6 @@ def test_params_reject_unknown_keys() -> None:
 
 
 def test_repo_params_match_model() -> None:
-    root = Path(__file__).resolve().parents[2]
-    data = fetch.read_yaml(root / "params.yaml")
+    data = committed_params()
     assert fetch.parse_section(data, "fetch", FetchParams).verify_checksums is True
     assert fetch.parse_section(data, "dataset", DatasetParams).name == "mitdb"

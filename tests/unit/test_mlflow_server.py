@@ -14,9 +14,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from data_prep.params import read_yaml
 from pipeline import evaluate, run_tracking, tracking, train
 from tests.conftest import free_port
+from tests.repo_params import committed_params
 from tests.unit.test_data import write_synthetic
 from tests.unit.test_train import QUICK
 
@@ -26,7 +26,7 @@ EXPERIMENT = "test-ecg-spectrogram"
 
 def write_params(folder: Path, log_model: bool = False) -> Path:
     """The repository's params.yaml with quick train/evaluate settings and a test experiment."""
-    params = read_yaml(REPO / "params.yaml")
+    params = committed_params()
     params["train"] |= {**QUICK, "backbones": ["test_resnet"], "freeze_modes": ["frozen"]}
     params["evaluate"] |= {"n_boot": 20, "device": "cpu", "batch_size": 16}
     params["tracking"] |= {"experiment": EXPERIMENT, "log_model": log_model}
@@ -107,7 +107,7 @@ def test_failed_train_marks_the_run_failed(mlflow_server, tmp_path, monkeypatch)
     tracking_params = run_tracking.TrackingParams(experiment=EXPERIMENT, log_model=False)
     with pytest.raises(RuntimeError, match="NaN"):
         train.run(train.TrainParams.model_validate(
-            {**read_yaml(REPO / "params.yaml")["train"], **QUICK}),
+            {**committed_params()["train"], **QUICK}),
             "test_resnet", "frozen", spec, splits, out, tracking_params)
     run_id = json.loads((out / run_tracking.RUN_FILE).read_text())["run_id"]
     assert MlflowClient(mlflow_server).get_run(run_id).info.status == "FAILED"

@@ -13,8 +13,8 @@ import yaml
 
 from data_prep import layout, segment
 from data_prep.configs import load_label_map
-from data_prep.params import read_yaml
 from tests.conftest import REPO
+from tests.repo_params import committed_params, write_committed_params
 from tests.synthetic import write_record, write_records_file
 
 AAMI = str(REPO / "configs" / "labels" / "aami.yaml")
@@ -22,7 +22,7 @@ RHYTHM = str(REPO / "configs" / "labels" / "rhythm.yaml")
 
 
 def make_params(**overrides: object) -> segment.SegmentParams:
-    section = read_yaml(REPO / "params.yaml")["segment"]
+    section = committed_params()["segment"]
     return segment.SegmentParams.model_validate({**section, "label_map": AAMI, **overrides})
 
 
@@ -42,7 +42,7 @@ def ctx(raw: Path, params: segment.SegmentParams, out: Path, reference: dict | N
 
 
 def test_params_match_params_yaml() -> None:
-    data = read_yaml(REPO / "params.yaml")
+    data = committed_params()
     assert segment.SegmentParams.model_validate(data["segment"]).geometry() == (313, 625, 1)
     assert segment.DatasetParams.model_validate(data["dataset"]).name == "mitdb"
     with pytest.raises(ValueError, match="extra"):
@@ -205,7 +205,7 @@ def test_run_writes_the_output_format(tmp_path: Path) -> None:
 def test_cli_runs_as_dvc_calls_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_db(tmp_path, {"100": {"seconds": 100}}, name="mitdb")
     shutil.copytree(REPO / "configs", tmp_path / "configs")
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    write_committed_params(tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     segment.main(["--params", "params.yaml", "--raw", "raw", "--out", "data/segments"])
     index = pd.read_csv(tmp_path / "data/segments/index.csv", dtype={"record": str})

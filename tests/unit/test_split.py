@@ -13,6 +13,7 @@ from data_prep import split
 from data_prep.configs import load_database
 from data_prep.layout import write_index, write_json
 from data_prep.split import DatasetParams, SplitParams, run
+from tests.repo_params import committed_params
 
 CLASSES = ["N", "S", "V", "F", "Q"]
 DB = "toydb"
@@ -247,7 +248,7 @@ def test_cli(tree, tmp_path) -> None:
 
 def test_repo_params_and_mitdb_config_parse() -> None:
     root = Path(__file__).resolve().parents[2]
-    params = split.parse_section(split.read_yaml(root / "params.yaml"), "split", SplitParams)
+    params = split.parse_section(committed_params(), "split", SplitParams)
     config = load_database("mitdb", root / "configs" / "databases")
     assert params.definition in config.splits
     strict, published = config.splits["de_chazal_strict"], config.splits["de_chazal"]

@@ -11,11 +11,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from data_prep.params import read_yaml
+from data_prep.params import parse_section
 from pipeline import train
 from pipeline.freeze import apply_freeze
 from pipeline.models import build_model
 from pipeline.weights import resolve_weights
+from tests.repo_params import committed_params
 from tests.unit.test_data import CLASSES, write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +26,7 @@ QUICK = {"weights": "random", "epochs": 2, "batch_size": 8, "device": "cpu", "wa
 
 def make_params(**overrides) -> train.TrainParams:
     """The repository's train params with test overrides (so params.yaml is tested too)."""
-    section = read_yaml(REPO / "params.yaml")["train"]
+    section = committed_params()["train"]
     return train.TrainParams.model_validate({**section, **QUICK, **overrides})
 
 
@@ -35,7 +36,7 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_repository_params_parse_and_dvc_stage_tracks_every_run_param():
-    params = train.load_section("train", train.TrainParams, REPO / "params.yaml")
+    params = parse_section(committed_params(), "train", train.TrainParams)
     assert params.backbones == ["vgg16.tv_in1k"] and params.freeze_modes == ["frozen"]
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
     tracked = {p.removeprefix("train.") for p in stage["params"]}
@@ -86,7 +87,7 @@ def test_run_writes_all_outputs(tmp_path, folders, freeze):
 
 def test_cli_runs_the_stage(tmp_path, folders):
     spec, splits = folders
-    section = {**read_yaml(REPO / "params.yaml")["train"], **QUICK, "epochs": 1,
+    section = {**committed_params()["train"], **QUICK, "epochs": 1,
                "channels": "in_chans1", "imbalance": "balanced_sampler"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": section}))
     out = tmp_path / "models" / "run"
