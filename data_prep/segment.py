@@ -448,7 +448,13 @@ def _context(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path,
         ref = Path(params.reference_csv or "")
         found = [p for p in (record_dir / ref, raw_dir / ref) if p.is_file()]
         reference = read_reference(found[0] if found else record_dir / ref)
+    if db.label_modes and params.label_mode not in db.label_modes:
+        raise ValueError(f"segment.label_mode '{params.label_mode}': configs/databases/{database}"
+                         f".yaml says the database has labels for {db.label_modes} only; set "
+                         "segment.label_mode to one of them (or add the mode to label_modes)")
     annotator = params.annotator or db.annotator or "atr"
+    if extra := [lead for lead in db.leads if lead not in params.leads]:  # the database's own names
+        params = params.model_copy(update={"leads": [*params.leads, *extra]})
     return Context(params, load_label_map(Path(params.label_map)), record_dir, out_dir,
                    annotator, reference)
 

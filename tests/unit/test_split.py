@@ -175,7 +175,8 @@ def test_random_definition(tree) -> None:
 
 
 def test_unknown_definition_lists_available(tree) -> None:
-    with pytest.raises(ValueError, match=r"'nope' unknown; available: \['ds', 'random'\]"):
+    with pytest.raises(ValueError,
+                       match=r"'nope' unknown; available: \['ds', 'random', 'default'\]"):
         split_(tree, "nope")
 
 
@@ -226,7 +227,7 @@ def test_without_config_every_record_is_its_own_subject(tmp_path, tree) -> None:
     split_(tree, "random")
     frame = assignment(tree)
     assert (frame.record == frame.subject).all() and "199" in set(frame.record)
-    with pytest.raises(ValueError, match=r"available: \['random'\]"):
+    with pytest.raises(ValueError, match=r"available: \['random', 'default'\]"):
         split_(tree, "ds")
 
 
