@@ -8,9 +8,11 @@ names it `SHA256SUMS.txt`) and the record files.
 
 Writes `<out>/<db>/`: every file of each selected record (`<record>.*`: header, signals,
 annotations...), top-level `.csv` tables (challenge `REFERENCE.csv`), `RECORDS` listing the
-fetched records and the manifest restricted to them; and `<out>/fetch.json` (source, version,
-records, file/byte/verified counts). Files are staged in a temporary folder swapped in once all
-are complete and verified: a failed run leaves no half-written file, a good one no stale file.
+fetched records and the manifest restricted to them, and `fetch.json` in it (source, version,
+records, file/byte/verified counts): everything of one database in one folder. Files are
+staged in a temporary folder swapped in once all are complete and verified: a failed run leaves
+no half-written file, a good one no stale file. The `sources` stage (`data_prep.sources`) runs
+first and describes the mirror, so that a changed mirror re-runs this stage.
 
 Run: `python -m data_prep.fetch --params params.yaml --out data/raw`
 """
@@ -28,7 +30,16 @@ from pathlib import Path
 from pydantic import Field
 from tqdm import tqdm
 
-from data_prep.layout import sha256_file, write_json
+from data_prep.layout import (
+    ENV_MIRROR,
+    FETCH_JSON,
+    MANIFEST_NAMES,
+    RECORDS_FILE,
+    find_manifest,
+    resolve_mirror,
+    sha256_file,
+    write_json,
+)
 from data_prep.params import (
     DEFAULT_PARAMS,
     DatasetParams,
@@ -39,10 +50,6 @@ from data_prep.params import (
 
 log = logging.getLogger(__name__)
 
-ENV_MIRROR = "ECG_PHYSIONET_MIRROR"
-RECORDS_FILE = "RECORDS"
-MANIFEST_NAMES = ("SHA256SUMS", "SHA256SUMS.txt")  # mirrors made by hand / PhysioNet's own name
-FETCH_JSON = "fetch.json"
 # builtin, socket and requests/urllib3 network errors, by name: neither library is imported
 _NET_ERRORS = {"ConnectionError", "TimeoutError", "gaierror", "Timeout", "NewConnectionError",
                "MaxRetryError"}
@@ -58,14 +65,6 @@ class FetchParams(StrictModel):
 
 
 # ----------------------------------------------------------------------------- pure helpers
-
-
-def resolve_mirror(params_mirror: Path | None, env: Mapping[str, str]) -> Path | None:
-    """Returns the mirror to copy from: params first, then the environment, else None."""
-    if params_mirror is not None:
-        return Path(params_mirror)
-    value = env.get(ENV_MIRROR, "").strip()
-    return Path(value) if value else None
 
 
 def parse_records(text: str) -> list[str]:
@@ -98,11 +97,6 @@ def parse_manifest(text: str) -> dict[str, str]:
         if len(parts) == 2:
             entries[parts[1].lstrip("*").removeprefix("./")] = parts[0].lower()
     return entries
-
-
-def find_manifest(folder: Path) -> Path | None:
-    """The checksum manifest of a database folder, if it has one."""
-    return next((folder / n for n in MANIFEST_NAMES if (folder / n).is_file()), None)
 
 
 def record_files(db_dir: Path, record: str) -> list[str]:
@@ -295,7 +289,7 @@ def _swap_in(staging: Path, target: Path) -> None:
 def run(
     dataset: DatasetParams, params: FetchParams, out: Path, env: Mapping[str, str] | None = None
 ) -> dict:
-    """Fetches `dataset.name` into `<out>/<db>/`, writes `<out>/fetch.json` and returns it."""
+    """Fetches `dataset.name` into `<out>/<db>/`, writes `<out>/<db>/fetch.json`, returns it."""
     db = dataset.name
     mirror = resolve_mirror(params.mirror, os.environ if env is None else env)
     db_dir = _mirror_db_dir(mirror, db) if mirror is not None else None
@@ -329,7 +323,7 @@ def run(
         "verified": checked["verified"],
         "unverified": checked["unverified"],
     }
-    write_json(out / FETCH_JSON, summary)
+    write_json(out / db / FETCH_JSON, summary)
     log.info("fetched %d records: %d files, %d bytes, %d verified", len(records),
              summary["files"], summary["bytes"], summary["verified"])
     return summary

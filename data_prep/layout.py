@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,25 @@ META = "meta.json"
 SUMMARY = "summary.json"
 SHARDS = "shards"
 INDEX_DTYPES = {"record": str, "label": str, "symbol": str}
+
+# A PhysioNet database folder, as PhysioNet serves it and a local mirror holds it (<mirror>/<db>/)
+ENV_MIRROR = "ECG_PHYSIONET_MIRROR"
+RECORDS_FILE = "RECORDS"
+MANIFEST_NAMES = ("SHA256SUMS", "SHA256SUMS.txt")  # mirrors made by hand / PhysioNet's own name
+FETCH_JSON = "fetch.json"  # what fetch copied, inside data/raw/<db>/
+
+
+def resolve_mirror(params_mirror: Path | None, env: Mapping[str, str]) -> Path | None:
+    """Returns the mirror to copy from: params first, then the environment, else None."""
+    if params_mirror is not None:
+        return Path(params_mirror)
+    value = env.get(ENV_MIRROR, "").strip()
+    return Path(value) if value else None
+
+
+def find_manifest(folder: Path) -> Path | None:
+    """The checksum manifest of a database folder, if it has one."""
+    return next((folder / n for n in MANIFEST_NAMES if (folder / n).is_file()), None)
 
 
 @contextmanager

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from data_prep.layout import atomic_path, read_json, write_json
-from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
+from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
 from pipeline import data, plots, run_tracking, tracking
 from pipeline.checkpoint import load_weights
 from pipeline.engine import autocast, model_input, resolve_device
@@ -319,15 +319,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     parser.add_argument("--model", type=Path, required=True, help="train run folder")
-    parser.add_argument("--spectrograms", type=Path, default=Path("data/spectrograms"))
-    parser.add_argument("--splits", type=Path, default=Path("data/splits"))
-    parser.add_argument("--out", type=Path, help="report folder (default: reports/<run>)")
+    parser.add_argument("--spectrograms", type=Path, help="default: data/spectrograms/<db>")
+    parser.add_argument("--splits", type=Path, help="default: data/splits/<db>")
+    parser.add_argument("--out", type=Path, help="report folder (default: reports/<db>/<run>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     params = load_section("evaluate", EvaluateParams, args.params)
     tracking_params = run_tracking.load_tracking(args.params)
-    run(params, args.model, args.spectrograms, args.splits,
-        args.out or Path("reports") / args.model.name, tracking_params)
+    run(params, args.model, per_database(args.spectrograms, args.params, "data/spectrograms"),
+        per_database(args.splits, args.params, "data/splits"),
+        per_database(args.out, args.params, "reports", args.model.name), tracking_params)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,13 @@ from torch import nn
 
 from data_prep.configs import load_label_map
 from data_prep.layout import load_shard, read_json, sha256_file
-from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, read_yaml
+from data_prep.params import (
+    DEFAULT_PARAMS,
+    StrictModel,
+    load_section,
+    per_database,
+    read_yaml,
+)
 from data_prep.segment import SegmentParams
 from data_prep.spectrogram import SpectrogramParams, image_meta
 from pipeline import bundle, provenance, run_tracking, tracking
@@ -233,23 +239,29 @@ def _atol(params: ExportParams, reports: Path) -> float:
     return params.parity_atol_amp
 
 
-def _register(params: ExportParams, model_dir: Path, out: Path) -> str | None:
+def registered_name(params: ExportParams, database: str | None) -> str:
+    """`export.registered_name` + "-<db>": each database's models are versioned apart."""
+    return f"{params.registered_name}-{database}" if database else params.registered_name
+
+
+def _register(params: ExportParams, model_dir: Path, out: Path,
+              database: str | None = None) -> str | None:
     """Registers the model evaluate logged (artifact "model") and attaches the bundle."""
     if not params.register_model:
         log.info("export.register_model is false: not registering %s in MLflow", out)
         return None
     run_id = run_tracking.read_run_file(model_dir)["run_id"]
     tracking.log_artifacts(run_id, out, "bundle")
+    name = registered_name(params, database)
     try:
-        version = tracking.register_model(run_id, "model", params.registered_name, params.alias)
+        version = tracking.register_model(run_id, "model", name, params.alias)
     except Exception as err:  # mlflow's own exception type lives behind pipeline.tracking
         raise ValueError(
             f"cannot register the model of MLflow run {run_id} ({model_dir}): {err}. Set "
             "tracking.log_model: true and re-run evaluate, or set export.register_model: false "
             f"(the bundle {out} is complete without it)") from err
-    tracking.set_tags(run_id, {"export.bundle": str(out),
-                               "export.registered": f"{params.registered_name}/{version}"})
-    log.info("registered %s version %s (alias %s)", params.registered_name, version, params.alias)
+    tracking.set_tags(run_id, {"export.bundle": str(out), "export.registered": f"{name}/{version}"})
+    log.info("registered %s version %s (alias %s)", name, version, params.alias)
     return version
 
 
@@ -288,7 +300,7 @@ def run(params: ExportParams, params_path: Path, model_dir: Path, reports: Path,
         shutil.rmtree(work, ignore_errors=True)
     log.info("wrote %s (parity: max |diff| %.2e on %d images)", out, parity["max_abs_diff"],
              parity["images"])
-    _register(params, model_dir, out)
+    _register(params, model_dir, out, meta.get("data", {}).get("database"))
     return meta
 
 
@@ -296,17 +308,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     parser.add_argument("--model", type=Path, required=True, help="train run folder")
-    parser.add_argument("--reports", type=Path, help="evaluate folder (default: reports/<run>)")
-    parser.add_argument("--segments", type=Path, default=Path("data/segments"))
-    parser.add_argument("--spectrograms", type=Path, default=Path("data/spectrograms"))
-    parser.add_argument("--splits", type=Path, default=Path("data/splits"))
-    parser.add_argument("--out", type=Path, help="bundle folder (default: models/export/<run>)")
+    parser.add_argument("--reports", type=Path, help="default: reports/<db>/<run>")
+    parser.add_argument("--segments", type=Path, help="default: data/segments/<db>")
+    parser.add_argument("--spectrograms", type=Path, help="default: data/spectrograms/<db>")
+    parser.add_argument("--splits", type=Path, help="default: data/splits/<db>")
+    parser.add_argument("--out", type=Path, help="default: models/export/<db>/<run>")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     params = load_section("export", ExportParams, args.params)
     name = args.model.name
-    run(params, args.params, args.model, args.reports or Path("reports") / name, args.segments,
-        args.spectrograms, args.out or Path("models/export") / name, args.splits)
+    run(params, args.params, args.model, per_database(args.reports, args.params, "reports", name),
+        per_database(args.segments, args.params, "data/segments"),
+        per_database(args.spectrograms, args.params, "data/spectrograms"),
+        per_database(args.out, args.params, "models/export", name),
+        per_database(args.splits, args.params, "data/splits"))
 
 
 if __name__ == "__main__":

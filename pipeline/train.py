@@ -41,7 +41,7 @@ from pydantic import Field, model_validator
 from torch.utils.data import Dataset
 
 from data_prep.layout import atomic_path, write_json
-from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
+from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
 from pipeline import data, features, run_tracking, tracking
 from pipeline.checkpoint import Checkpointer, save_weights
 from pipeline.engine import EpochCallback, FitConfig, FitResult, fit, resolve_device
@@ -172,6 +172,7 @@ def run(
               if params.imbalance == "weighted_loss" else None)
     resolved = {
         "stage": "train", "backbone": backbone, "freeze": freeze, "params": params.model_dump(),
+        "database": meta.get("segments", {}).get("database"),
         "classes": classes, "preprocessing": setup.spec,
         "weights": {**asdict(setup.weights), "describe": setup.weights.describe()},
         "freeze_report": asdict(setup.report), "device": str(device), "seed": params.seed,
@@ -209,7 +210,8 @@ def _tracked(
     tags = {"stage": "train", "backbone": resolved["backbone"], "freeze": resolved["freeze"],
             "weights": weights["describe"], "weights.sha256": weights["sha256"],
             "device": resolved["device"]}  # git commit and DVC data hashes: start_run adds them
-    return run_tracking.train_run(tracking_params, out, resolved["fingerprint"], resolved, tags)
+    return run_tracking.train_run(tracking_params, out, resolved["fingerprint"], resolved, tags,
+                                  database=resolved["database"])
 
 
 @dataclass
@@ -372,17 +374,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", help="timm model name (default: train.backbones[0])")
     parser.add_argument("--freeze", choices=["frozen", "partial", "full"],
                         help="freeze mode (default: train.freeze_modes[0])")
-    parser.add_argument("--spectrograms", type=Path, default=Path("data/spectrograms"))
-    parser.add_argument("--splits", type=Path, default=Path("data/splits"))
-    parser.add_argument("--out", type=Path, help="run folder (default: models/<backbone>-<freeze>)")
+    parser.add_argument("--spectrograms", type=Path, help="default: data/spectrograms/<db>")
+    parser.add_argument("--splits", type=Path, help="default: data/splits/<db>")
+    parser.add_argument("--out", type=Path, help="default: models/<db>/<backbone>-<freeze>")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     params = load_section("train", TrainParams, args.params)
     tracking_params = run_tracking.load_tracking(args.params)
     backbone = args.backbone or params.backbones[0]
     freeze = args.freeze or params.freeze_modes[0]
-    run(params, backbone, freeze, args.spectrograms, args.splits,
-        args.out or Path("models") / f"{backbone}-{freeze}", tracking_params)
+    run(params, backbone, freeze, per_database(args.spectrograms, args.params, "data/spectrograms"),
+        per_database(args.splits, args.params, "data/splits"),
+        per_database(args.out, args.params, "models", f"{backbone}-{freeze}"), tracking_params)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def test_params_and_dvc_stage():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     stage = stages["evaluate"]
     assert stage["matrix"] == stages["train"]["matrix"]
-    run = "${item.backbone}-${item.freeze}"
+    run = "${dataset.name}/${item.backbone}-${item.freeze}"  # models and reports per database
     assert f"models/{run}/model.safetensors" in stage["deps"]
     assert f"models/{run}/mlflow_run.json" in stage["deps"]
     assert set(stage["params"]) == {"evaluate", "tracking"}

@@ -41,7 +41,9 @@ def test_repository_params_parse_and_dvc_stage_tracks_every_run_param():
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
     tracked = {p.removeprefix("train.") for p in stage["params"]}
     assert tracked == set(train.TrainParams.model_fields) - set(train.MATRIX_KEYS)
-    assert "data/spectrograms" in stage["deps"] and "data/splits/assignment.csv" in stage["deps"]
+    assert "data/spectrograms/${dataset.name}" in stage["deps"]
+    assert "data/splits/${dataset.name}/assignment.csv" in stage["deps"]
+    assert "--out models/${dataset.name}/${item.backbone}-${item.freeze}" in stage["cmd"]
 
 
 def test_params_reject_unknown_keys_and_missing_lr():
