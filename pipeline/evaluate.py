@@ -7,7 +7,10 @@ Reads `models/<run>/` (model.safetensors, resolved_config.json, mlflow_run.json)
 - `predictions.csv`: split,record,row,sample,label,pred,prob_<class>... (classes in meta.json
   order), one row per image of each evaluated split; float32 softmax probabilities written
   with 9 significant digits, which read back as the identical float32 values;
-- `metrics.json`: `{split: metrics tree}` with record-bootstrap intervals (`dvc metrics show`);
+- `headline.json`: the DVC metrics file (`dvc metrics show`, `dvc exp show`): per split,
+  accuracy, the N/S/V/F macro-F1 and S and V Se/+P/F1 (`metrics.headline`);
+- `metrics.json`: `{split: metrics tree}`, every metric with record-bootstrap intervals and the
+  caveats (e.g. classes with fewer than 30 examples); read by export, not a DVC metric;
 - `confusion_test.csv`: actual,predicted per test image, for DVC's confusion template;
 - `details/`: `classification_report_<split>.txt` / `.json`, `notes.md`,
   `evaluation_config.json` and per split `<split>/`: confusion matrix (PNG with counts and
@@ -45,7 +48,7 @@ from pipeline import data, plots, run_tracking, tracking
 from pipeline.checkpoint import load_weights
 from pipeline.engine import autocast, model_input, resolve_device
 from pipeline.freeze import apply_freeze
-from pipeline.metrics import Evaluation, evaluate, nan_to_none
+from pipeline.metrics import Evaluation, evaluate, headline, nan_to_none
 from pipeline.models import build_model
 from pipeline.transforms import Preprocess
 from pipeline.weights import WeightsSource
@@ -55,6 +58,7 @@ log = logging.getLogger(__name__)
 Split = Literal["train", "val", "test"]
 PREDICTIONS, METRICS, CONFUSION, DETAILS = (
     "predictions.csv", "metrics.json", "confusion_test.csv", "details")
+HEADLINE = "headline.json"  # the DVC metrics file: a few numbers per split (metrics.headline)
 CONFIG, NOTES = "evaluation_config.json", "notes.md"  # in details/
 BASE_COLUMNS = ("split", "record", "row", "sample", "label", "pred")
 FLOAT_FORMAT = "%.9g"  # 9 significant digits: every float32 survives the CSV round trip exactly
@@ -211,7 +215,7 @@ def run(
             classifier = (ImageClassifier(preprocess, model).cpu().float()
                           if tracking_params and tracking_params.log_model else None)
             run_tracking.log_evaluation(
-                run_id, out, metrics, _tags(info),
+                run_id, out, metrics, {**_tags(info), **_caveat_tags(results)},
                 [model_dir / "resolved_config.json", out / DETAILS / CONFIG],
                 spectrograms / "preview",
                 classifier, _example(spectrograms, next(iter(frames.values()))))
@@ -264,8 +268,10 @@ def _write_reports(
                    nan_to_none(ev.report_dict))
         # a capped (quick-profile) evaluation must never pass for the full split's result
         metrics[split] = {**nan_to_none(ev.metrics_tree()), "subset": len(part) < available[split],
-                          "n_available": available[split]}
+                          "n_available": available[split], "caveats": list(ev.notes)}
     write_json(out / METRICS, metrics)
+    write_json(out / HEADLINE, {split: nan_to_none(headline(tree, results[split].class_names))
+                                for split, tree in metrics.items()})
     return metrics
 
 
@@ -289,6 +295,11 @@ def _tags(info: dict) -> dict[str, str]:
             "evaluate.precision": info["precision"], "evaluate.n_boot": params["n_boot"],
             "evaluate.subset": str(info["subset"]).lower(),
             "evaluate.max_per_class": params["max_per_class"] or "all"}
+
+
+def _caveat_tags(results: dict[str, Evaluation]) -> dict[str, str]:
+    """`caveats.<split>`: what not to trust in the run's numbers ("none" when nothing)."""
+    return {f"caveats.{split}": "; ".join(ev.notes) or "none" for split, ev in results.items()}
 
 
 def _write_notes(path: Path, info: dict, results: dict[str, Evaluation]) -> None:

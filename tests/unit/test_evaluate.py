@@ -85,6 +85,24 @@ def test_run_writes_every_output(report):
     assert "## test" in (out / "details" / "notes.md").read_text()
 
 
+def test_headline_is_the_small_dvc_metric_and_tiny_classes_are_caveats(report):
+    out, metrics = report
+    headline = json.loads((out / evaluate.HEADLINE).read_text())
+    test = metrics["test"]
+    # classes N, S, V (no F): macro-F1 and F1 per class, a few columns per split
+    assert headline["test"] == {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
+                                **{f"{c}_f1": test[c]["f1"] for c in CLASSES}}
+    assert set(headline) == {"test", "val"}
+    tiny = [c for c in CLASSES if 0 < test[c]["support"] < 30]
+    assert tiny  # the synthetic test split has a few images per class
+    caveats = [n for n in test["caveats"] if "< 30" in n]
+    assert [c.split(":")[0] for c in caveats] == [f"class {c}" for c in tiny]
+    report_text = (out / "details" / "classification_report_test.txt").read_text()
+    assert "Caveats:" in report_text and caveats[0] in report_text
+    notes = (out / "details" / "notes.md").read_text()
+    assert caveats[0] in notes and "no caveats" not in notes.split("## test")[1]
+
+
 def test_metrics_recomputed_from_predictions_csv_equal_metrics_json(report):
     out, metrics = report
     predictions = evaluate.read_predictions(out / "predictions.csv")
@@ -93,7 +111,8 @@ def test_metrics_recomputed_from_predictions_csv_equal_metrics_json(report):
     assert (np.asarray(CLASSES)[probs.argmax(axis=1)] == predictions["pred"]).all()
     results = evaluate.evaluate_predictions(predictions, CLASSES, n_boot=50, seed=42)
     for split, ev in results.items():
-        logged = {k: v for k, v in metrics[split].items() if k not in ("subset", "n_available")}
+        logged = {k: v for k, v in metrics[split].items()
+                  if k not in ("subset", "n_available", "caveats")}
         assert nan_to_none(ev.metrics_tree()) == logged
         part = predictions[predictions["split"] == split]
         sk_f1 = f1_score(part["label"], part["pred"], labels=CLASSES, average="macro",
@@ -138,7 +157,7 @@ def test_params_and_dvc_stage():
     assert f"models/{run}/model.safetensors" in stage["deps"]
     assert f"models/{run}/mlflow_run.json" in stage["deps"]
     assert set(stage["params"]) == {"evaluate", "tracking"}
-    assert list(stage["metrics"][0]) == [f"reports/{run}/metrics.json"]
+    assert list(stage["metrics"][0]) == [f"reports/{run}/headline.json"]  # metrics.json: an out
     train_outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages["train"]["outs"]]
     assert f"models/{run}/mlflow_run.json" in train_outs
 

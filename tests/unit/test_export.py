@@ -118,6 +118,8 @@ def test_run_writes_a_complete_bundle(built):
     assert meta["parity"]["images"] == len(test_rows) and meta["parity"]["max_abs_diff"] < 1e-5
     card = (folder / bundle.MODEL_CARD).read_text()
     assert "NOT a medical device" in card and "| V |" in card and "load_bundle" in card
+    caveats = meta["metrics"]["test"]["caveats"]  # a few test beats per class: all flagged
+    assert caveats and all(c in card for c in caveats) and "Caveats:\n" in card
 
 
 def test_onnx_matches_torch_for_any_batch_size(built):

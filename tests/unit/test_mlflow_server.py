@@ -65,6 +65,7 @@ def test_train_and_evaluate_log_one_run(mlflow_server, tmp_path, monkeypatch):
     assert tags["backbone"] == "test_resnet" and tags["freeze"] == "frozen"
     assert tags["weights"].startswith("random") and tags["device"] == "cpu"
     assert tags["evaluate.subset"] == "false"
+    assert "examples (< 30)" in tags["caveats.test"]  # a few synthetic test images per class
     history = pd.read_csv(model / "history.csv")
     logged = client.get_metric_history(run_id, "val_macro_f1")
     assert [m.step for m in logged] == [1, 2]
