@@ -19,6 +19,7 @@ from data_prep.params import StrictModel, parse_section, read_yaml
 log = logging.getLogger(__name__)
 
 DATABASES_DIR = Path("configs/databases")
+DEFAULT_ANNOTATOR = "atr"  # PhysioNet's reference beat annotations
 
 # YAML reads an unquoted 100 as an int; record and subject names are always strings
 Name = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
@@ -109,6 +110,12 @@ def load_database(name: str, databases_dir: Path = DATABASES_DIR) -> DatabaseCon
         raise ValueError(f"{path}: 'configured' is not a database config key; remove it")
     config = parse_section({"database": data}, "database", DatabaseConfig, str(path))
     return config.model_copy(update={"configured": True})
+
+
+def resolve_annotator(explicit: str | None, db: DatabaseConfig | None = None) -> str:
+    """The annotation extension to read: segment.annotator, else the database config's, else
+    DEFAULT_ANNOTATOR. The segment stage records the result in its meta.json."""
+    return explicit or (db.annotator if db else None) or DEFAULT_ANNOTATOR
 
 
 def read_reference(path: Path) -> dict[str, str]:

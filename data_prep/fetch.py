@@ -30,14 +30,14 @@ from pathlib import Path
 from pydantic import Field
 from tqdm import tqdm
 
+from data_prep.checksums import find_manifest, parse_manifest, verify_files
 from data_prep.layout import (
     ENV_MIRROR,
     FETCH_JSON,
     MANIFEST_NAMES,
-    RECORDS_FILE,
-    find_manifest,
+    RECORDS,
+    parse_records,
     resolve_mirror,
-    sha256_file,
     write_json,
 )
 from data_prep.params import (
@@ -67,11 +67,6 @@ class FetchParams(StrictModel):
 # ----------------------------------------------------------------------------- pure helpers
 
 
-def parse_records(text: str) -> list[str]:
-    """Record names of a RECORDS file, one per line (a trailing slash marks a folder)."""
-    return [line.strip().rstrip("/") for line in text.splitlines() if line.strip()]
-
-
 def select_records(available: list[str], wanted: list[str], where: str) -> list[str]:
     """Returns `wanted` (deduplicated, in order), or every available record when empty.
 
@@ -87,16 +82,6 @@ def select_records(available: list[str], wanted: list[str], where: str) -> list[
             "Fix fetch.records in params.yaml ([] fetches every record)."
         )
     return list(dict.fromkeys(wanted))
-
-
-def parse_manifest(text: str) -> dict[str, str]:
-    """Maps relative path -> sha256 from `sha256sum` output ("<hex>  <path>", "*" = binary)."""
-    entries = {}
-    for line in text.splitlines():
-        parts = line.strip().split(maxsplit=1)
-        if len(parts) == 2:
-            entries[parts[1].lstrip("*").removeprefix("./")] = parts[0].lower()
-    return entries
 
 
 def record_files(db_dir: Path, record: str) -> list[str]:
@@ -127,50 +112,6 @@ def copy_file(src: Path, dst: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def verify_files(
-    staging: Path,
-    jobs: list[tuple[str, str]],
-    manifest: dict[str, str] | None,
-    verify: bool,
-    source: str,
-) -> dict:
-    """Hashes the staged files and checks them against the manifest.
-
-    Args:
-        staging: folder holding the files.
-        jobs: (record, relative path) of each file.
-        manifest: relative path -> sha256, None when the source has none.
-        verify: whether to check (fetch.verify_checksums).
-        source: where the files came from, for the error message.
-
-    Returns:
-        digests (path -> sha256), bytes, verified count and unverified (not in the manifest).
-
-    Raises:
-        ValueError: a digest differs from the manifest (the source is corrupt).
-    """
-    digests, unverified = {}, []
-    for record, rel in jobs:
-        digests[rel] = digest = sha256_file(staging / rel)
-        expected = (manifest or {}).get(rel)
-        if not verify or manifest is None:
-            continue
-        if expected is None:
-            unverified.append(rel)
-        elif expected != digest:
-            raise ValueError(
-                f"record {record}, file {rel}: sha256 {digest} does not match the manifest "
-                f"({expected}); the source {source} is corrupt. Re-copy the file from "
-                "physionet.org (or set fetch.verify_checksums: false to accept it as is)."
-            )
-    return {
-        "digests": digests,
-        "bytes": sum((staging / rel).stat().st_size for rel in digests),
-        "verified": len(digests) - len(unverified) if verify and manifest is not None else 0,
-        "unverified": unverified,
-    }
-
-
 def is_network_error(err: BaseException) -> bool:
     """True for connection/DNS/timeout errors, also when wrapped (requests, urllib)."""
     seen: object = err
@@ -190,7 +131,7 @@ Staged = tuple[list[str], list[tuple[str, str]], Path | None]  # records, files,
 
 
 def _read_records(db_dir: Path, wanted: list[str]) -> list[str]:
-    records_file = db_dir / RECORDS_FILE
+    records_file = db_dir / RECORDS
     if not records_file.is_file():
         raise FileNotFoundError(
             f"{records_file} missing: a PhysioNet database folder lists its records in RECORDS "
@@ -205,7 +146,7 @@ def _jobs(db_dir: Path, records: list[str], full: bool) -> list[tuple[str, str]]
     jobs = [(r, rel) for r in records for rel in record_files(db_dir, r)]
     # top-level tables (challenge REFERENCE.csv...) that the label modes read from the raw folder
     jobs += [("-", p.name) for p in sorted(db_dir.glob("*.csv")) if p.is_file()]
-    return [*jobs, ("-", RECORDS_FILE)] if full else jobs  # full list: RECORDS kept verbatim
+    return [*jobs, ("-", RECORDS)] if full else jobs  # full list: RECORDS kept verbatim
 
 
 def stage_from_mirror(db_dir: Path, params: FetchParams, staging: Path) -> Staged:
@@ -227,7 +168,7 @@ def stage_from_physionet(db: str, params: FetchParams, staging: Path) -> Staged:
 
     manifest = None
     try:
-        download_file(db, params.version, RECORDS_FILE, staging)
+        download_file(db, params.version, RECORDS, staging)
         try:
             manifest = Path(download_file(db, params.version, MANIFEST_NAMES[1], staging))
         except FileNotFoundError:
@@ -255,7 +196,7 @@ def _mirror_db_dir(mirror: Path, db: str) -> Path:
     if db_dir.is_dir():
         return db_dir
     hint = ""
-    if (mirror / RECORDS_FILE).is_file():
+    if (mirror / RECORDS).is_file():
         hint = f" ({mirror} holds RECORDS itself: point the mirror at its parent folder)"
     raise FileNotFoundError(
         f"PhysioNet mirror folder {db_dir} not found{hint}. A mirror is laid out as "
@@ -266,8 +207,8 @@ def _mirror_db_dir(mirror: Path, db: str) -> Path:
 
 def _finish(staging: Path, records: list[str], checked: dict, manifest_name: str | None) -> None:
     """Writes RECORDS (when a subset was fetched) and the manifest of the fetched files."""
-    if RECORDS_FILE not in checked["digests"]:
-        (staging / RECORDS_FILE).write_text("".join(f"{r}\n" for r in records))
+    if RECORDS not in checked["digests"]:
+        (staging / RECORDS).write_text("".join(f"{r}\n" for r in records))
     for name in MANIFEST_NAMES:  # a downloaded manifest lists every file; rewritten below
         (staging / name).unlink(missing_ok=True)
     if manifest_name is not None:  # the source's name, restricted to the files fetched

@@ -1,7 +1,13 @@
-"""On-disk formats shared by the stages: atomic writes, index tables and array shards.
+"""The on-disk layout of every data folder (file names, index columns) and its readers/writers.
 
 Images and signals are stored as one `.npy` shard per record plus one `index.csv` per stage
 folder (DVC is slow on many small files). Record names are always strings ("100", "A00001").
+
+    data/raw/            fetch.json; <db>/: RECORDS, SHA256SUMS, WFDB files         (fetch)
+    data/segments/       shards/, index.csv (SEGMENT_COLUMNS), meta.json, summary.json (segment)
+    data/splits/         assignment.csv (ASSIGNMENT_COLUMNS), summary.json           (split)
+    data/spectrograms/   shards/, index.csv, meta.json (its "segments" key holds the segment
+                         meta.json), preview/<class>.png, png/<class>/...  (spectrogram)
 """
 
 from __future__ import annotations
@@ -25,11 +31,23 @@ SUMMARY = "summary.json"
 SHARDS = "shards"
 INDEX_DTYPES = {"record": str, "label": str, "symbol": str}
 
-# A PhysioNet database folder, as PhysioNet serves it and a local mirror holds it (<mirror>/<db>/)
-ENV_MIRROR = "ECG_PHYSIONET_MIRROR"
-RECORDS_FILE = "RECORDS"
+RECORDS = "RECORDS"  # a PhysioNet database folder's list of record names
 MANIFEST_NAMES = ("SHA256SUMS", "SHA256SUMS.txt")  # mirrors made by hand / PhysioNet's own name
-FETCH_JSON = "fetch.json"  # what fetch copied, inside data/raw/<db>/
+FETCH_JSON = "fetch.json"  # in data/raw/<db>/: what fetch fetched, from where, with which digests
+SEGMENT_COLUMNS = ("record", "row", "sample", "label", "symbol")  # row = row in the shard
+ASSIGNMENT = "assignment.csv"
+ASSIGNMENT_COLUMNS = ("record", "subject", "split", "fold")  # fold: -1 for test records
+SPLITS = ("train", "val", "test")
+PREVIEW, PNG = "preview", "png"  # spectrogram folder: grids per class, optional PNG per image
+SEGMENTS_META = "segments"  # spectrogram meta.json key holding the segment stage's meta.json
+
+
+ENV_MIRROR = "ECG_PHYSIONET_MIRROR"  # a local PhysioNet mirror laid out as <mirror>/<db>/
+
+
+def parse_records(text: str) -> list[str]:
+    """Record names of a RECORDS file, one per line (a trailing slash marks a folder)."""
+    return [line.strip().rstrip("/") for line in text.splitlines() if line.strip()]
 
 
 def resolve_mirror(params_mirror: Path | None, env: Mapping[str, str]) -> Path | None:
@@ -38,11 +56,6 @@ def resolve_mirror(params_mirror: Path | None, env: Mapping[str, str]) -> Path |
         return Path(params_mirror)
     value = env.get(ENV_MIRROR, "").strip()
     return Path(value) if value else None
-
-
-def find_manifest(folder: Path) -> Path | None:
-    """The checksum manifest of a database folder, if it has one."""
-    return next((folder / n for n in MANIFEST_NAMES if (folder / n).is_file()), None)
 
 
 @contextmanager

@@ -5,7 +5,8 @@ Reads   <raw>/<dataset.name>/ (the records its RECORDS file lists), the label ma
         annotator) and, in record mode, the reference CSV ("record,label").
 Writes  <out>/shards/<record>.npy  float32 (n, L) windows at segment.target_fs
         <out>/index.csv            record,row,sample,label,symbol
-        <out>/meta.json            database, label_mode, classes, fs, window/offset samples, leads
+        <out>/meta.json            database, label_mode, classes, fs, window/offset samples, leads,
+                                   params (annotator resolved), signal_quality (the flat rule)
         <out>/summary.json         records processed/skipped/excluded, segments kept by class and
                                    skipped by reason, non-beat annotations, lead fallbacks
 Run     python -m data_prep.segment --params params.yaml --raw data/raw --out data/segments
@@ -14,35 +15,36 @@ Label modes: `beat` cuts [beat - before, beat + after) around each annotated bea
 and `record` cut fixed windows labelled by the rhythm episode in effect (`+` annotations) or
 by the record's row in the reference CSV. Symbols (rhythm names, record labels) in the label
 map's `ignore` list are counted as non-beat annotations, not skips. Every other beat, window or
-record left out is counted by reason (unknown symbol, record edge, NaN samples, unreadable
-record...); the stage fails when skipped / (kept + skipped) exceeds segment.max_skip_fraction.
+record left out is counted by reason (unknown symbol, record edge, NaN samples, "flat" windows of
+a lead-off or saturated lead by the rule predict applies, unreadable record...); the stage
+fails when skipped / (kept + skipped) exceeds segment.max_skip_fraction.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
-from pydantic import (
-    Field,
-    PositiveFloat,
-    PositiveInt,
-    model_validator,
-)
 from tqdm import tqdm
 
 from data_prep import layout, signals, wfdb_io
+from data_prep.candidates import (
+    RecordSkip,
+    Segments,
+    beat_segments,
+    record_segments,
+    rhythm_segments,
+)
 from data_prep.configs import (
     DATABASES_DIR,
     DatabaseConfig,
@@ -50,137 +52,13 @@ from data_prep.configs import (
     load_database,
     load_label_map,
     read_reference,
+    resolve_annotator,
 )
-from data_prep.params import DatasetParams, StrictModel, parse_section, read_yaml
+from data_prep.params import DatasetParams, parse_section, read_yaml
+from data_prep.windows import SegmentParams, condition_and_cut, flat_windows, signal_quality
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class SegmentParams(StrictModel):
-    """The `segment:` section of params.yaml (see the comments there)."""
-
-    label_mode: Literal["beat", "rhythm", "record"]
-    label_map: str
-    annotator: str | None
-    reference_csv: str | None
-    leads: list[str]
-    lead_fallback: Literal["first", "skip"]
-    target_fs: PositiveInt
-    bandpass_hz: tuple[PositiveFloat, PositiveFloat]
-    filter_order: int = Field(ge=1, le=10)
-    beat_window_s: tuple[float, float]
-    window_s: PositiveFloat
-    window_stride_s: PositiveFloat
-    max_skip_fraction: float = Field(ge=0.0, le=1.0)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SegmentParams:
-        low, high = self.bandpass_hz
-        if not low < high < self.target_fs / 2:
-            raise ValueError(f"bandpass_hz needs low < high < target_fs/2 = {self.target_fs / 2}")
-        if min(self.beat_window_s) < 0 or sum(self.beat_window_s) <= 0:
-            raise ValueError("beat_window_s: [before, after] must be >= 0 with a positive sum")
-        if self.label_mode == "record" and not self.reference_csv:
-            raise ValueError("label_mode 'record' needs reference_csv (a 'record,label' CSV)")
-        return self
-
-    def geometry(self) -> tuple[int, int, int]:
-        """(offset, length, stride) of the windows, in samples at target_fs."""
-        fs = self.target_fs
-        if self.label_mode == "beat":  # half up: 1.25 s at 250 Hz is 313 + 312 = 625 samples
-            before, after = self.beat_window_s
-            return math.floor(before * fs + 0.5), math.floor((before + after) * fs + 0.5), 1
-        return 0, round(self.window_s * fs), max(round(self.window_stride_s * fs), 1)
-
-
-# ----------------------------------------------------------------------------- pure core
-
-
-class RecordSkip(Exception):
-    """A whole record is left out; `lost` labelled segments go with it."""
-
-    def __init__(self, reason: str, lost: int, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason, self.lost, self.detail = reason, lost, detail
-
-    def __reduce__(self) -> tuple:  # travels back from worker processes inside RecordResult
-        return RecordSkip, (self.reason, self.lost, self.detail)
-
-
-@dataclass
-class Segments:
-    """Candidate windows of one record on the target-rate timeline, and what was left out."""
-
-    sample: np.ndarray
-    start: np.ndarray
-    symbol: np.ndarray
-    label: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=str))
-    source: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    skipped: Counter = field(default_factory=Counter)
-    non_beat: Counter = field(default_factory=Counter)
-    unknown: Counter = field(default_factory=Counter)
-
-    def keep(self, mask: np.ndarray, reason: str | None) -> None:
-        """Keeps the candidates where `mask`; the others count as skipped for `reason`."""
-        if reason is not None and (dropped := int(np.count_nonzero(~mask))):
-            self.skipped[reason] += dropped
-        for name in ("sample", "start", "symbol", "label", "source"):
-            if getattr(self, name).size:  # label and source are empty until set
-                setattr(self, name, getattr(self, name)[mask])
-
-    def apply_map(self, labels: LabelMap, unknown_reason: str) -> None:
-        """Labels candidates from their symbols; ignored symbols are dropped without a skip."""
-        known = np.isin(self.symbol, list(labels.map))
-        ignored = np.isin(self.symbol, labels.ignore)
-        self.non_beat.update(self.symbol[ignored].tolist())
-        self.unknown.update(self.symbol[~known & ~ignored].tolist())
-        self.keep(known | ignored, unknown_reason)
-        self.keep(~ignored[known | ignored], None)
-        self.label = np.array([labels.map[s] for s in self.symbol.tolist()], dtype=str)
-
-
-def beat_segments(ann: wfdb_io.Annotations, fs_in: float, n_in: int, params: SegmentParams,
-                  labels: LabelMap) -> Segments:
-    """One candidate per mapped beat annotation, centred `offset` samples into its window."""
-    offset, length, _ = params.geometry()
-    sample = signals.map_samples(ann.sample, fs_in, params.target_fs)
-    seg = Segments(sample, sample - offset, ann.symbol, source=ann.sample)
-    seg.apply_map(labels, "unknown_symbol")
-    n_out = signals.resampled_length(n_in, fs_in, params.target_fs)
-    seg.keep(seg.source < n_in, "annotation_past_end")
-    seg.keep(signals.inside(seg.start, length, n_out), "record_edge")
-    return seg
-
-
-def rhythm_segments(ann: wfdb_io.Annotations, fs_in: float, n_out: int, params: SegmentParams,
-                    labels: LabelMap) -> Segments:
-    """Fixed windows labelled by the rhythm episode (`+` aux_note) in effect over all of them."""
-    _, length, stride = params.geometry()
-    is_rhythm = ann.symbol == "+"
-    onsets = signals.map_samples(ann.sample[is_rhythm], fs_in, params.target_fs)
-    names = ann.aux_note[is_rhythm]
-    changed = np.r_[True, names[1:] != names[:-1]]  # a repeated name does not start an episode
-    onsets, names = onsets[changed], names[changed]
-    starts = signals.window_starts(n_out, length, stride)
-    first = np.searchsorted(onsets, starts, side="right") - 1
-    last = np.searchsorted(onsets, starts + length - 1, side="right") - 1
-    seg = Segments(starts, starts, names[first] if names.size else np.full(starts.size, ""))
-    seg.keep(first >= 0, "before_first_rhythm")
-    seg.keep((first == last)[first >= 0], "rhythm_change")
-    seg.apply_map(labels, "unknown_rhythm")
-    return seg
-
-
-def record_segments(label: str, n_out: int, params: SegmentParams, labels: LabelMap) -> Segments:
-    """Fixed windows over the whole record, all with the record's label."""
-    _, length, stride = params.geometry()
-    starts = signals.window_starts(n_out, length, stride)
-    if not starts.size:
-        raise RecordSkip("shorter_than_window", 1, f"{n_out} samples < window of {length}")
-    seg = Segments(starts, starts, np.full(starts.size, label))
-    seg.apply_map(labels, "unknown_label")
-    return seg
 
 
 # ----------------------------------------------------------------------------- one record
@@ -238,7 +116,8 @@ def _candidates(ctx: Context, record: str, header: wfdb_io.Header, n_out: int) -
 
 def _windows(ctx: Context, record: str, header: wfdb_io.Header, seg: Segments,
              channel: int) -> np.ndarray:
-    """Reads, conditions and cuts the record's signal; NaN-touching windows are skipped."""
+    """Reads, conditions and cuts the record's signal; windows touching NaN samples or failing
+    the signal-quality rule (`windows.flat_windows`, as predict applies it) are skipped."""
     params, lost = ctx.params, seg.sample.size
     x = _read(wfdb_io.read_signal, ctx.record_dir, record, channel,
               missing="missing_signal", unreadable="unreadable_signal", lost=lost)
@@ -249,91 +128,10 @@ def _windows(ctx: Context, record: str, header: wfdb_io.Header, seg: Segments,
     except ValueError as err:  # e.g. a record shorter than the filter's padding
         raise RecordSkip("signal_error", lost, f"record {record}: {err}") from None
     seg.keep(clean, "nan_samples")
-    return windows
-
-
-# ------------------------------------------------- one lead in memory (shared with predict)
-
-
-def condition_and_cut(x: np.ndarray, fs_in: float, starts: np.ndarray,
-                      params: SegmentParams) -> tuple[np.ndarray, np.ndarray]:
-    """Conditions one raw lead and cuts its windows, exactly as the stage does.
-
-    NaN fill, resampling to target_fs and band-pass (`signals.condition`), then the windows
-    [start, start + length) of the segment geometry; windows touching NaN-derived samples are
-    left out.
-
-    Args:
-        x: the raw lead at fs_in, physical units (NaN where invalid).
-        fs_in: its sampling rate in Hz.
-        starts: window starts in target_fs samples, every window inside the record.
-        params: the segment params.
-
-    Returns:
-        The (n_clean, length) float32 windows and the mask over `starts` of those kept.
-
-    Raises:
-        ValueError: the lead cannot be conditioned (all NaN, shorter than the filter padding).
-    """
-    y, nan_mask = signals.condition(x, fs_in, params.target_fs, params.bandpass_hz,
-                                    params.filter_order)
     _, length, _ = params.geometry()
-    starts = np.asarray(starts, dtype=np.int64)
-    assert signals.inside(starts, length, y.shape[0]).all(), "starts must lie inside the record"
-    clean = ~signals.touches(nan_mask, starts, length)
-    windows, _ = signals.cut_windows(y, starts[clean], length)
-    return windows, clean
-
-
-def cut_beats(x: np.ndarray, fs_in: float, beats: np.ndarray,
-              params: SegmentParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Beat-mode windows of one raw lead from (signal, fs, beat samples), as the stage cuts them.
-
-    Args:
-        x: the raw lead at fs_in.
-        fs_in: its sampling rate in Hz.
-        beats: beat samples at fs_in (annotations or a detector's).
-        params: the segment params (beat_window_s, target_fs, band-pass...).
-
-    Returns:
-        The (n_ok, length) float32 windows of the beats whose status is "", the beats' centre
-        samples at target_fs, and per beat its status: "" (cut) or the reason the stage counts
-        it as skipped ("annotation_past_end", "record_edge", "nan_samples").
-
-    Raises:
-        ValueError: the lead cannot be conditioned (see `condition_and_cut`).
-    """
-    beats = np.asarray(beats, dtype=np.int64)
-    offset, length, _ = params.geometry()
-    sample = signals.map_samples(beats, fs_in, params.target_fs)
-    start = sample - offset
-    n_out = signals.resampled_length(x.shape[0], fs_in, params.target_fs)
-    status = np.full(beats.size, "", dtype=object)
-    status[(beats < 0) | (beats >= x.shape[0])] = "annotation_past_end"
-    status[(status == "") & ~signals.inside(start, length, n_out)] = "record_edge"
-    ok = np.flatnonzero(status == "")
-    windows, clean = condition_and_cut(x, fs_in, start[ok], params)
-    status[ok[~clean]] = "nan_samples"
-    return windows, sample, status
-
-
-def cut_fixed(x: np.ndarray, fs_in: float,
-              params: SegmentParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rhythm/record-mode windows (window_s every window_stride_s) of one raw lead.
-
-    Returns:
-        As `cut_beats`: the windows with status "", the window starts at target_fs and the
-        per-window status ("" or "nan_samples"); no window when the lead is shorter than one.
-    """
-    _, length, stride = params.geometry()
-    n_out = signals.resampled_length(x.shape[0], fs_in, params.target_fs)
-    starts = signals.window_starts(n_out, length, stride)
-    status = np.full(starts.size, "", dtype=object)
-    if not starts.size:
-        return np.empty((0, length), dtype=np.float32), starts, status
-    windows, clean = condition_and_cut(x, fs_in, starts, params)
-    status[~clean] = "nan_samples"
-    return windows, starts, status
+    flat = flat_windows(x, header.fs, seg.start, length, params.target_fs)
+    seg.keep(~flat, "flat")
+    return windows[~flat]
 
 
 def process_record(ctx: Context, record: str) -> RecordResult:
@@ -438,8 +236,8 @@ def _clear(out_dir: Path) -> None:
 
 def _context(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path,
              db: DatabaseConfig) -> Context:
-    """Resolves inputs. The annotator is segment.annotator, else the database config's, else
-    "atr"; a relative reference_csv is looked up in <raw>/<database>/, then in <raw>/."""
+    """Resolves inputs (the annotator by `configs.resolve_annotator`); a relative reference_csv
+    is looked up in <raw>/<database>/, then in <raw>/."""
     record_dir = raw_dir / database
     if not record_dir.is_dir():
         raise FileNotFoundError(f"{record_dir}: no such folder; run the fetch stage first")
@@ -452,7 +250,7 @@ def _context(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path,
         raise ValueError(f"segment.label_mode '{params.label_mode}': configs/databases/{database}"
                          f".yaml says the database has labels for {db.label_modes} only; set "
                          "segment.label_mode to one of them (or add the mode to label_modes)")
-    annotator = params.annotator or db.annotator or "atr"
+    annotator = resolve_annotator(params.annotator, db)
     if extra := [lead for lead in db.leads if lead not in params.leads]:  # the database's own names
         params = params.model_copy(update={"leads": [*params.leads, *extra]})
     return Context(params, load_label_map(Path(params.label_map)), record_dir, out_dir,
@@ -483,7 +281,10 @@ def run(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path, *,
         "database": database, "label_mode": params.label_mode, "classes": ctx.labels.classes,
         "fs": params.target_fs, "window_samples": length, "offset_samples": offset,
         "leads": {r.record: r.lead for r in results if r.index is not None},
-        "params": params.model_dump(mode="json"),
+        # the annotator as resolved (params, database config or default): export and predict
+        # read what the stage did from here, never from params.yaml
+        "params": params.model_copy(update={"annotator": ctx.annotator}).model_dump(mode="json"),
+        "signal_quality": signal_quality(),
     })
     log.info("%s: %d segments kept %s, %d skipped (%.2f%%)", database, summary["kept_total"],
              summary["segments_kept"], summary["skipped_total"], 100 * summary["skip_fraction"])

@@ -24,7 +24,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from data_prep.layout import RECORDS_FILE, find_manifest, resolve_mirror, sha256_file, write_json
+from data_prep.checksums import find_manifest
+from data_prep.layout import RECORDS, resolve_mirror, sha256_file, write_json
 from data_prep.params import DEFAULT_PARAMS, DatasetParams, parse_section, read_yaml
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def describe(database: str, fetch_section: Mapping, env: Mapping[str, str]) -> d
     db_dir = mirror / database
     if not db_dir.is_dir():  # fetch fails on it with the full explanation
         return {"database": database, "source": "mirror", "missing": f"<mirror>/{database}"}
-    records, manifest = db_dir / RECORDS_FILE, find_manifest(db_dir)
+    records, manifest = db_dir / RECORDS, find_manifest(db_dir)
     n_files, listing = _listing_digest(db_dir)
     return {
         "database": database,

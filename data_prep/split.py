@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, model_validator
 from sklearn.model_selection import StratifiedGroupKFold
 
 from data_prep.configs import (
@@ -37,7 +37,18 @@ from data_prep.configs import (
     SplitDefinition,
     load_database,
 )
-from data_prep.layout import INDEX, META, read_index, read_json, write_index, write_json
+from data_prep.layout import (
+    ASSIGNMENT,
+    ASSIGNMENT_COLUMNS,
+    INDEX,
+    META,
+    SPLITS,
+    SUMMARY,
+    read_index,
+    read_json,
+    write_index,
+    write_json,
+)
 from data_prep.params import (
     DEFAULT_PARAMS,
     DatasetParams,
@@ -45,21 +56,27 @@ from data_prep.params import (
     parse_section,
     read_yaml,
 )
+from data_prep.split_checks import check_leakage, summarise
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 RANDOM = "random"
-ASSIGNMENT = "assignment.csv"
-SUMMARY = "summary.json"
 
 class SplitParams(StrictModel):
     """The `split:` section of params.yaml (see the comments there)."""
 
     definition: str
-    val_fraction: float = Field(gt=0, lt=1)
+    folds: int = Field(ge=2)
+    val_fold: int = Field(ge=0)
+    require_in_val: list[str]
     test_fraction: float = Field(gt=0, lt=1)
     seed: int
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitParams:
+        if self.val_fold >= self.folds:
+            raise ValueError(f"val_fold {self.val_fold} must be < folds {self.folds}")
+        return self
 
 
 def holdout_subjects(labels: pd.Series, subjects: pd.Series, fraction: float, seed: int,
@@ -144,14 +161,76 @@ def assign(
         trainval = [r for r in records if r in set(definition.trainval)]
         absent = sorted(listed - set(records))
     pool = rows[rows.record.isin(trainval)]
-    locked = frozenset(subject[r] for r in test_records)  # shared with test: kept out of val
-    val = holdout_subjects(pool.label, pool.subject, params.val_fraction, params.seed, locked)
-    split = {r: "test" if r in test_records else "val" if subject[r] in val else "train"
-             for r in test_records | set(trainval)}
+    locked = frozenset(subject[r] for r in test_records)  # shared with test: never validated on
+    fold_of = assign_folds(pool.label, pool.subject, params.folds, params.seed,
+                           params.require_in_val, locked)
+    fold = {r: -1 if r in test_records else fold_of.get(subject[r], -1)
+            for r in test_records | set(trainval)}
+    split = {r: "test" if r in test_records else "val" if f == params.val_fold else "train"
+             for r, f in fold.items()}
     ordered = sorted(split.items(), key=lambda item: (SPLITS.index(item[1]), item[0]))
-    assignment = pd.DataFrame([(r, subject[r], s) for r, s in ordered],
-                              columns=["record", "subject", "split"])
+    assignment = pd.DataFrame([(r, subject[r], s, fold[r]) for r, s in ordered],
+                              columns=list(ASSIGNMENT_COLUMNS))
     return assignment, left_out, absent
+
+
+def assign_folds(labels: pd.Series, subjects: pd.Series, k: int, seed: int,
+                 required: list[str], locked: frozenset[str] = frozenset(),
+                 tries: int = 30) -> dict[str, int]:
+    """Puts the training subjects into `k` patient-grouped folds, each of which can validate.
+
+    Model selection on a validation set without F beats cannot select for F. Among `tries`
+    `StratifiedGroupKFold` draws (seeded from (seed, draw)) it keeps the one whose folds
+    all hold every `required` class that the pool holds, with class mixes closest (L1) to the
+    whole; with no such draw, the one missing the fewest (and says which). `locked` subjects
+    (those that also have a test record) are in no fold (-1): they always train. Folds are
+    numbered best first for a single validation fold: fold 0 leaves every class on the training
+    side if any fold does (a class of one subject cannot be on both sides).
+
+    Returns:
+        subject -> fold (0..k-1, or -1 for locked subjects).
+
+    Raises:
+        ValueError: fewer than k subjects to spread over k folds.
+    """
+    free = ~subjects.isin(locked)
+    y, groups = labels[free].to_numpy(), subjects[free].to_numpy()
+    names = sorted(set(groups))
+    if len(names) < k:
+        raise ValueError(f"split.folds={k} needs at least {k} training subjects, found "
+                         f"{len(names)} {names}; lower split.folds or add records")
+    whole = labels[free].value_counts(normalize=True)
+    needed = [c for c in required if c in set(y)]
+    best: tuple[tuple[int, float], dict[str, int]] | None = None
+    for draw in range(tries):
+        state = int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
+        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=state)
+        with warnings.catch_warnings():  # rare classes (< k members): scored below
+            warnings.simplefilter("ignore", UserWarning)
+            folds = [set(groups[held]) for _, held in cv.split(np.zeros(len(y)), y, groups)]
+        scores = [_fold_score(labels[free], subjects[free].isin(held), needed, whole)
+                  for held in folds]
+        folds = [held for _, held in sorted(zip(scores, folds, strict=True),
+                                            key=lambda pair: pair[0])]
+        key = (sum(s[1] for s in scores), sum(s[2] for s in scores))
+        if best is None or key < best[0]:
+            best = (key, {s: f for f, held in enumerate(folds) for s in held})
+    assert best is not None
+    if best[0][0]:
+        log.warning("no draw of %d folds puts every class of %s in each fold's validation "
+                    "(%d class-fold gaps); macro-F1 misses those classes there", k, needed,
+                    best[0][0])
+    return {**dict.fromkeys(locked & set(subjects), -1), **best[1]}
+
+
+def _fold_score(labels: pd.Series, held: pd.Series, needed: list[str],
+                whole: pd.Series) -> tuple[int, int, float]:
+    """(classes missing on the training side, required classes missing in validation, L1
+    distance of the validation class mix from the whole): lower is a better validation fold."""
+    kept, part = set(labels[~held]), labels[held]
+    mix = part.value_counts(normalize=True).reindex(whole.index, fill_value=0.0)
+    return (sum(c not in kept for c in whole.index), sum(c not in set(part) for c in needed),
+            float((mix - whole).abs().sum()))
 
 
 def _definition(config: DatabaseConfig, name: str) -> SplitDefinition:
@@ -162,54 +241,6 @@ def _definition(config: DatabaseConfig, name: str) -> SplitDefinition:
             "under `splits:` in configs/databases/<db>.yaml). Fix split.definition in params.yaml."
         )
     return config.splits[name]
-
-
-def check_leakage(assignment: pd.DataFrame, allowed: dict[str, str]) -> dict:
-    """Proves no subject is in two splits, except those the definition allows (with a warning).
-
-    Raises:
-        ValueError: a subject not allowed to be shared is in two splits; names its records.
-    """
-    per_subject = assignment.groupby("subject").split.nunique()
-    shared = sorted(per_subject[per_subject > 1].index)
-
-    def where(s: str) -> str:
-        rows = assignment[assignment.subject == s]
-        return f"subject {s} (" + ", ".join(f"{r}: {p}" for r, p in zip(rows.record, rows.split,
-                                                                         strict=True)) + ")"
-
-    leaks = [s for s in shared if s not in allowed]
-    if leaks:
-        raise ValueError(
-            "patient leakage: " + "; ".join(map(where, leaks)) + " in more than one split. "
-            "Fix the record lists of the split definition, or, only to reproduce a published "
-            "protocol, list the subject under its shared_subjects_allowed with the reason."
-        )
-    result = {"checked": True, "patient_disjoint": not shared, "shared_subjects": shared,
-              "allowed": {s: allowed[s] for s in shared}}
-    if shared:
-        result["warning"] = ("NOT patient-disjoint: " + "; ".join(map(where, shared)) +
-                             " in two splits, allowed by the split definition (see 'allowed')")
-        log.warning(result["warning"])
-    return result
-
-
-def summarise(index: pd.DataFrame, assignment: pd.DataFrame, classes: list[str]) -> dict:
-    """Records, subjects and per-class segment counts of each split, and of train+val."""
-    split_of = dict(zip(assignment.record, assignment.split, strict=True))
-    labels = index.assign(split=index.record.map(split_of)).dropna(subset=["split"])
-
-    def counts(mask: pd.Series) -> dict[str, int]:
-        found = labels.label[mask].value_counts()
-        return {c: int(found.get(c, 0)) for c in classes}
-
-    splits = {}
-    for name in SPLITS:
-        part = assignment[assignment.split == name]
-        n = counts(labels.split == name)
-        splits[name] = {"records": list(part.record), "subjects": sorted(set(part.subject)),
-                        "counts": n, "total": sum(n.values())}
-    return {"splits": splits, "trainval_counts": counts(labels.split.isin(["train", "val"]))}
 
 
 def run(dataset: DatasetParams, params: SplitParams, segments: Path, out: Path,

@@ -22,9 +22,10 @@ import wfdb
 from wfdb.io import download
 from wfdb.io._url import NetFileError, NetFileNotFoundError
 
+from data_prep import layout
+
 log = logging.getLogger(__name__)
 
-RECORDS_FILE = "RECORDS"
 REFETCH = "re-run fetch (dvc repro fetch) or fix the mirror"
 
 
@@ -118,9 +119,9 @@ def read_annotations(record_dir: Path, record: str, extension: str) -> Annotatio
 
 def list_records(record_dir: Path) -> list[str]:
     """Record names from the RECORDS file, or from the .hea files when there is none."""
-    listing = Path(record_dir) / RECORDS_FILE
+    listing = Path(record_dir) / layout.RECORDS
     if listing.is_file():
-        return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        return layout.parse_records(listing.read_text())
     records = sorted(p.stem for p in Path(record_dir).glob("*.hea"))
     if not records:
         raise FileNotFoundError(

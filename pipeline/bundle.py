@@ -4,8 +4,9 @@ A bundle folder (`models/export/<run>/`, written by `pipeline.export`) holds:
 
 - `model.onnx`: uint8-valued spectrograms (batch, S, S) -> `probs` (softmax) and `logits`, with
   the model-input preprocessing (/255, grey -> channels, mean/std) inside the graph;
-- `bundle.json`: `bundle_format`, classes, label map, the whole preprocessing (segment and
-  spectrogram params, model input), metrics with confidence intervals, data, versions;
+- `bundle.json`: `bundle_format`, classes, label map, the whole preprocessing (the segment and
+  image params as the data stages recorded them in their meta.json, model input), metrics with
+  confidence intervals, data, versions;
 - `model_card.md`: intended use, data, protocol, per-class results, limits, how to load it.
 
 Nothing in a bundle is unpickled: JSON, Markdown and an ONNX protobuf. This module needs
@@ -20,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-BUNDLE_FORMAT = 1  # bump on any change a format-1 reader would misread
+BUNDLE_FORMAT = 2  # bump on any change an older reader would misread (2: image params only)
 BUNDLE_JSON, MODEL_ONNX, MODEL_CARD = "bundle.json", "model.onnx", "model_card.md"
 PACKAGE = "ecg-spectro-tl"
 INPUT_NAME, OUTPUT_NAMES = "images", ("probs", "logits")

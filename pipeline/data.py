@@ -28,8 +28,16 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from data_prep.layout import INDEX, META, load_shard, read_index, read_json, shard_path
-from data_prep.split import ASSIGNMENT, SPLITS
+from data_prep.layout import (
+    ASSIGNMENT,
+    INDEX,
+    META,
+    SPLITS,
+    load_shard,
+    read_index,
+    read_json,
+    shard_path,
+)
 
 log = logging.getLogger(__name__)
 

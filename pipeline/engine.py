@@ -4,7 +4,8 @@
 the batches of a training loader, validates every epoch, keeps the best epoch by validation
 macro-F1, stops early after `patience` epochs without improvement and checkpoints after every
 epoch through `pipeline.checkpoint`, resuming from it when called again. `predict` and
-`classification_metrics` are reused by the evaluate stage.
+`classification_metrics` give the per-epoch validation scores; the evaluate stage shares only
+`autocast` and `model_input` (its probabilities and EC57 metrics are `pipeline.metrics`).
 
 Reproducibility: every epoch starts by re-seeding python, numpy, torch and the sampler's
 generator from (seed, epoch), so the random stream of an epoch does not depend on what ran

@@ -42,26 +42,28 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from data_prep.layout import atomic_path, read_json, write_json
+from data_prep.layout import META, PREVIEW, atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
-from pipeline import data, plots, run_tracking, tracking
-from pipeline.checkpoint import load_weights
+from pipeline import data, plots, run_tracking
 from pipeline.engine import autocast, model_input, resolve_device
-from pipeline.freeze import apply_freeze
 from pipeline.metrics import Evaluation, evaluate, headline, nan_to_none
-from pipeline.models import build_model
+from pipeline.report_folder import (
+    CONFIG,
+    CONFUSION,
+    DETAILS,
+    FLOAT_FORMAT,
+    HEADLINE,
+    METRICS,
+    NOTES,
+    PREDICTIONS,
+    predictions_frame,
+)
+from pipeline.run_folder import RESOLVED, ImageClassifier, load_model
 from pipeline.transforms import Preprocess
-from pipeline.weights import WeightsSource
 
 log = logging.getLogger(__name__)
 
 Split = Literal["train", "val", "test"]
-PREDICTIONS, METRICS, CONFUSION, DETAILS = (
-    "predictions.csv", "metrics.json", "confusion_test.csv", "details")
-HEADLINE = "headline.json"  # the DVC metrics file: a few numbers per split (metrics.headline)
-CONFIG, NOTES = "evaluation_config.json", "notes.md"  # in details/
-BASE_COLUMNS = ("split", "record", "row", "sample", "label", "pred")
-FLOAT_FORMAT = "%.9g"  # 9 significant digits: every float32 survives the CSV round trip exactly
 
 
 class EvaluateParams(StrictModel):
@@ -84,34 +86,6 @@ class EvaluateParams(StrictModel):
         return self
 
 
-class ImageClassifier(nn.Module):
-    """uint8 spectrograms (B, H, W) -> class probabilities: the model as research code calls it."""
-
-    def __init__(self, preprocess: Preprocess, model: nn.Module):
-        super().__init__()
-        self.preprocess, self.model = preprocess, model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(self.preprocess(images)).float(), dim=1)
-
-
-def load_model(folder: Path) -> tuple[nn.Module, Preprocess, dict]:
-    """Rebuilds a trained model exactly as train saved it: architecture, freezing, weights.
-
-    Returns:
-        (model in eval mode, its preprocessing, the resolved config).
-    """
-    resolved = read_json(folder / "resolved_config.json")
-    spec, params = resolved["preprocessing"], resolved["params"]
-    extra = {"in_chans": 1} if spec["in_chans"] == 1 else {}
-    # Random init, then every tensor is overwritten by the strict load below.
-    model = build_model(resolved["backbone"], len(resolved["classes"]),
-                        WeightsSource("random", "random"), **extra)
-    apply_freeze(model, resolved["freeze"], params["trainable_groups"], params["pre_logits"])
-    load_weights(model, folder / "model.safetensors")
-    return model.eval(), Preprocess.from_spec(spec), resolved
-
-
 @torch.inference_mode()
 def predict_probs(
     model: nn.Module, preprocess: Preprocess, loader: DataLoader, device: torch.device,
@@ -131,27 +105,6 @@ def predict_probs(
             logits = model(model_input(x, device, preprocess))
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(probs).numpy()
-
-
-def predictions_frame(
-    split: str, frame: pd.DataFrame, probs: np.ndarray, classes: list[str]
-) -> pd.DataFrame:
-    """The predictions.csv rows of one split (columns `BASE_COLUMNS` then prob_<class>)."""
-    table = frame[["record", "row", "sample", "label"]].reset_index(drop=True)
-    table.insert(0, "split", split)
-    table["pred"] = np.asarray(classes)[probs.argmax(axis=1)]
-    probs = probs.astype(np.float32)
-    for i, name in enumerate(classes):
-        table[f"prob_{name}"] = probs[:, i]
-    return table
-
-
-def read_predictions(path: Path) -> pd.DataFrame:
-    """predictions.csv with string records/labels and float32 probabilities, as written."""
-    table = pd.read_csv(path, dtype={"split": str, "record": str, "label": str, "pred": str},
-                        keep_default_na=False)
-    probs = [c for c in table.columns if c.startswith("prob_")]
-    return table.astype(dict.fromkeys(probs, np.float32))
 
 
 def evaluate_predictions(
@@ -184,17 +137,11 @@ def run(
     Returns:
         The metrics written to metrics.json.
     """
-    run_id = None
-    if tracking_params is not None:  # fail before minutes of inference, not after
-        tracking.check_tracking_server()
-        run_id = run_tracking.read_run_file(model_dir)["run_id"]
-    model, preprocess, resolved = load_model(model_dir)
-    classes = list(resolved["classes"])
-    frames, available = _split_frames(params, spectrograms, splits, classes)
-    device = resolve_device(params.device)
-    if run_id:
-        tracking.resume_run(run_id)
-    with tracking.fail_on_error(run_id) if run_id else nullcontext():
+    with run_tracking.evaluation_run(tracking_params, model_dir) as run_id:
+        model, preprocess, resolved = load_model(model_dir)
+        classes = list(resolved["classes"])
+        frames, available = _split_frames(params, spectrograms, splits, classes)
+        device = resolve_device(params.device)
         parts = []
         for split, frame in frames.items():
             loader = data.make_loader(data.SpectrogramDataset(spectrograms, frame),
@@ -216,11 +163,8 @@ def run(
                           if tracking_params and tracking_params.log_model else None)
             run_tracking.log_evaluation(
                 run_id, out, metrics, {**_tags(info), **_caveat_tags(results)},
-                [model_dir / "resolved_config.json", out / DETAILS / CONFIG],
-                spectrograms / "preview",
+                [model_dir / RESOLVED, out / DETAILS / CONFIG], spectrograms / PREVIEW,
                 classifier, _example(spectrograms, next(iter(frames.values()))))
-    if run_id:
-        tracking.end_run(run_id, "FINISHED")
     log.info("wrote %s: %s", out, ", ".join(
         f"{s} macro-F1 {m['macro_f1']:.4f}" for s, m in metrics.items()))
     return metrics
@@ -233,8 +177,8 @@ def _split_frames(
     meta = data.read_meta(spectrograms)
     if list(meta["classes"]) != classes:
         raise ValueError(
-            f"{spectrograms / 'meta.json'} classes {meta['classes']} differ from the model's "
-            f"{classes} (resolved_config.json); re-run train on these spectrograms"
+            f"{spectrograms / META} classes {meta['classes']} differ from the model's "
+            f"{classes} ({RESOLVED}); re-run train on these spectrograms"
         )
     frame = data.load_split_index(spectrograms, splits, classes)
     available = {str(s): int((frame["split"] == s).sum()) for s in params.splits}
@@ -330,8 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     parser.add_argument("--model", type=Path, required=True, help="train run folder")
-    parser.add_argument("--spectrograms", type=Path, help="default: data/spectrograms/<db>")
-    parser.add_argument("--splits", type=Path, help="default: data/splits/<db>")
+    parser.add_argument("--spectrograms", type=Path, help="images (data/spectrograms/<db>)")
+    parser.add_argument("--splits", type=Path, help="assignment (data/splits/<db>)")
     parser.add_argument("--out", type=Path, help="report folder (default: reports/<db>/<run>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

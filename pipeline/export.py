@@ -3,9 +3,11 @@
 Reads `models/<run>/` (model.safetensors, resolved_config.json, mlflow_run.json when
 registering), `reports/<run>/` (metrics.json, predictions.csv, details/evaluation_config.json),
 `data/segments/meta.json` and `summary.json`, `data/spectrograms/` (meta.json, shards of the
-test images), `data/splits/summary.json` (optional), the label map YAML and params.yaml
-(`segment:`, `spectrogram:`, `export:`). Writes `models/export/<run>/` (see `pipeline.bundle`):
-model.onnx, bundle.json, model_card.md. The folder appears only when everything passed.
+test images), `data/splits/summary.json` (optional), the label map YAML and the `export:`
+section of params.yaml. The preprocessing comes from what the data stages recorded (segment and
+spectrogram meta.json), never from params.yaml. Writes `models/export/<run>/` (see
+`pipeline.bundle`): model.onnx, bundle.json, model_card.md. The folder appears only when
+everything passed.
 
 Parity check: the ONNX graph is run on the test images of predictions.csv (all of them, or
 `export.parity_max_images` spread evenly) and must reproduce the evaluate stage's probabilities
@@ -35,33 +37,24 @@ import pandas as pd
 import timm
 import torch
 from pydantic import Field
-from torch import nn
 
 from data_prep.configs import load_label_map
-from data_prep.layout import load_shard, read_json, sha256_file
-from data_prep.params import (
-    DEFAULT_PARAMS,
-    StrictModel,
-    load_section,
-    per_database,
-    read_yaml,
-)
-from data_prep.segment import SegmentParams
-from data_prep.spectrogram import SpectrogramParams, image_meta
-from pipeline import bundle, provenance, run_tracking, tracking
-from pipeline.evaluate import CONFIG, DETAILS, METRICS, PREDICTIONS, load_model, read_predictions
-from pipeline.transforms import Preprocess
+from data_prep.layout import META, SEGMENTS_META, load_shard, read_json, sha256_file
+from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
+from data_prep.stft import ImageParams, image_meta
+from data_prep.windows import SegmentParams
+from pipeline import bundle, provenance, run_tracking
+from pipeline.onnx_runner import BATCH_SIZE, onnx_session, run_probs
+from pipeline.report_folder import CONFIG, DETAILS, METRICS, PREDICTIONS, read_predictions
+from pipeline.run_folder import ImageClassifier, load_model
 
 log = logging.getLogger(__name__)
-
-STFT_KEYS = ("window", "nperseg", "noverlap", "nfft", "fmin_hz", "fmax_hz")
 
 
 class ExportParams(StrictModel):
     """The `export:` section of params.yaml (the comments there say why each value)."""
 
     opset: int = Field(ge=17)
-    batch_size: int = Field(ge=1)
     parity_atol: float = Field(gt=0)
     parity_atol_amp: float = Field(gt=0)
     parity_max_images: int | None = Field(default=None, ge=1)
@@ -70,22 +63,10 @@ class ExportParams(StrictModel):
     alias: str | None = None
 
 
-class BundleNet(nn.Module):
-    """uint8-valued spectrograms (B, S, S) -> (softmax probabilities, logits): the ONNX graph."""
-
-    def __init__(self, preprocess: Preprocess, model: nn.Module):
-        super().__init__()
-        self.preprocess, self.model = preprocess, model
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(self.preprocess(images)).float()
-        return torch.softmax(logits, dim=1), logits
-
-
 # ----------------------------------------------------------------------------- pure core
 
 
-def export_onnx(net: BundleNet, image_size: int, path: Path, opset: int) -> None:
+def export_onnx(net: ImageClassifier, image_size: int, path: Path, opset: int) -> None:
     """Writes `net` as ONNX with a dynamic batch axis (torch.export-based exporter)."""
     example = torch.zeros(2, image_size, image_size, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1)
@@ -93,18 +74,6 @@ def export_onnx(net: BundleNet, image_size: int, path: Path, opset: int) -> None
                       input_names=[bundle.INPUT_NAME], output_names=list(bundle.OUTPUT_NAMES),
                       dynamic_shapes={"images": {0: batch}}, external_data=False)
     onnx.checker.check_model(str(path))
-
-
-def onnx_session(path: Path) -> ort.InferenceSession:
-    """An onnxruntime CPU session (protobuf only: loading runs no pickled code)."""
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def run_onnx(session: ort.InferenceSession, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Softmax probabilities (n, K) of uint8 images (n, S, S), in batches."""
-    out = [session.run([bundle.OUTPUT_NAMES[0]], {bundle.INPUT_NAME: images[i:i + batch_size]})[0]
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.empty((0, 0), dtype=np.float32)
 
 
 def parity_rows(predictions: pd.DataFrame, cap: int | None) -> pd.DataFrame:
@@ -152,21 +121,33 @@ def check_parity(reference: pd.DataFrame, probs: np.ndarray, classes: list[str],
 # ----------------------------------------------------------------------------- metadata
 
 
-def _stage_params(params_path: Path, segments: Path, spectrograms: Path
-                  ) -> tuple[SegmentParams, SpectrogramParams]:
-    """segment/spectrogram params, checked against the data folders' meta (stale data fails)."""
-    data = read_yaml(params_path)
-    seg = SegmentParams.model_validate(data["segment"])
-    spec = SpectrogramParams.model_validate(data["spectrogram"])
-    seg_meta, spec_meta = read_json(segments / "meta.json"), read_json(spectrograms / "meta.json")
-    stft = spec_meta.get("stft", {})
-    if seg_meta.get("params") != seg.model_dump(mode="json") or any(
-            stft.get(k) != getattr(spec, k) for k in STFT_KEYS) or spec_meta.get(
-            "image_size") != spec.image_size:
-        raise ValueError(f"{params_path} segment/spectrogram params differ from those that made "
-                         f"{segments} / {spectrograms}; re-run dvc repro (segment, spectrogram, "
-                         "train, evaluate) before exporting")
-    return seg, spec
+def recorded_preprocessing(segments: Path, spectrograms: Path
+                           ) -> tuple[SegmentParams, ImageParams, dict, dict | None]:
+    """The segment and image params the data stages recorded, the image description and the
+    signal-quality rule the segment stage applied.
+
+    Checks that the spectrograms were made from these segments and that their recorded image
+    params (STFT, band, dynamic_range_db, image_size) reproduce the description in their
+    meta.json, so a bundle never describes preprocessing its model did not see.
+
+    Raises:
+        ValueError: stale or foreign data folders, naming the file and the fix.
+    """
+    seg_meta, spec_meta = read_json(segments / META), read_json(spectrograms / META)
+    fix = "re-run dvc repro (segment, spectrogram, train, evaluate) before exporting"
+    if spec_meta.get(SEGMENTS_META) != seg_meta:
+        raise ValueError(f"{spectrograms / META} was made from other segments than "
+                         f"{segments / META}; {fix}")
+    if "params" not in seg_meta or "params" not in spec_meta:
+        raise ValueError(f"{segments / META} or {spectrograms / META} records no 'params' "
+                         f"(written by an older version); {fix}")
+    seg = SegmentParams.model_validate(seg_meta["params"])
+    image = ImageParams.model_validate(spec_meta["params"])
+    described = image_meta(image, float(spec_meta["fs"]), int(spec_meta["window_samples"]))
+    if differ := sorted(k for k, v in described.items() if spec_meta.get(k) != v):
+        raise ValueError(f"{spectrograms / META}: {differ} differ from what its recorded params "
+                         f"give; the images come from other params; {fix}")
+    return seg, image, described, seg_meta.get("signal_quality")
 
 
 def _data_info(segments: Path, splits: Path, resolved: dict) -> dict:
@@ -190,8 +171,9 @@ def _versions(opset: int) -> dict:
             "onnxruntime": ort.__version__, "numpy": np.__version__, "opset": opset}
 
 
-def _metadata(name: str, resolved: dict, seg: SegmentParams, spec: SpectrogramParams,
-              reports: Path, data_info: dict, model_file: Path, opset: int) -> dict:
+def _metadata(name: str, resolved: dict, seg: SegmentParams, image: ImageParams, described: dict,
+              quality: dict | None, reports: Path, data_info: dict, model_file: Path,
+              opset: int) -> dict:
     offset, length, _ = seg.geometry()
     labels = load_label_map(Path(seg.label_map))
     return {
@@ -202,16 +184,17 @@ def _metadata(name: str, resolved: dict, seg: SegmentParams, spec: SpectrogramPa
         "model": {"file": bundle.MODEL_ONNX, "sha256": sha256_file(model_file), "format": "onnx",
                   "opset": opset, "backbone": resolved["backbone"], "freeze": resolved["freeze"],
                   "input": {"name": bundle.INPUT_NAME, "dtype": "uint8",
-                            "shape": ["batch", spec.image_size, spec.image_size]},
+                            "shape": ["batch", image.image_size, image.image_size]},
                   "outputs": {"probs": "softmax probabilities (batch, K), K in classes order",
                               "logits": "pre-softmax scores (batch, K)"},
                   "weights": resolved.get("weights"),
                   "train_params": resolved.get("params")},
         "preprocessing": {
             "segment": seg.model_dump(mode="json"),
+            "signal_quality": quality,
             "window": {"fs": seg.target_fs, "offset_samples": offset, "window_samples": length},
-            "spectrogram": spec.model_dump(mode="json"),
-            "image": image_meta(spec, float(seg.target_fs), length),
+            "spectrogram": image.model_dump(mode="json"),
+            "image": described,
             "model_input": resolved["preprocessing"]},
         "metrics": {"source": str(reports / METRICS),
                     **read_json(reports / METRICS)},
@@ -244,31 +227,10 @@ def registered_name(params: ExportParams, database: str | None) -> str:
     return f"{params.registered_name}-{database}" if database else params.registered_name
 
 
-def _register(params: ExportParams, model_dir: Path, out: Path,
-              database: str | None = None) -> str | None:
-    """Registers the model evaluate logged (artifact "model") and attaches the bundle."""
-    if not params.register_model:
-        log.info("export.register_model is false: not registering %s in MLflow", out)
-        return None
-    run_id = run_tracking.read_run_file(model_dir)["run_id"]
-    tracking.log_artifacts(run_id, out, "bundle")
-    name = registered_name(params, database)
-    try:
-        version = tracking.register_model(run_id, "model", name, params.alias)
-    except Exception as err:  # mlflow's own exception type lives behind pipeline.tracking
-        raise ValueError(
-            f"cannot register the model of MLflow run {run_id} ({model_dir}): {err}. Set "
-            "tracking.log_model: true and re-run evaluate, or set export.register_model: false "
-            f"(the bundle {out} is complete without it)") from err
-    tracking.set_tags(run_id, {"export.bundle": str(out), "export.registered": f"{name}/{version}"})
-    log.info("registered %s version %s (alias %s)", name, version, params.alias)
-    return version
-
-
-def run(params: ExportParams, params_path: Path, model_dir: Path, reports: Path,
-        segments: Path, spectrograms: Path, out: Path, splits: Path = Path("data/splits")) -> dict:
+def run(params: ExportParams, model_dir: Path, reports: Path, segments: Path,
+        spectrograms: Path, out: Path, splits: Path = Path("data/splits")) -> dict:
     """Writes the bundle of `model_dir` to `out` (module doc); returns its bundle.json content."""
-    seg, spec = _stage_params(params_path, segments, spectrograms)
+    seg, image, described, quality = recorded_preprocessing(segments, spectrograms)
     model, preprocess, resolved = load_model(model_dir)
     classes = list(resolved["classes"])
     predictions = read_predictions(reports / PREDICTIONS)
@@ -280,15 +242,15 @@ def run(params: ExportParams, params_path: Path, model_dir: Path, reports: Path,
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     work.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared
     try:  # built beside `out` and moved there only once complete: a failure leaves no bundle
-        export_onnx(BundleNet(preprocess, model), spec.image_size, work / bundle.MODEL_ONNX,
-                    params.opset)
+        export_onnx(ImageClassifier(preprocess, model, with_logits=True), image.image_size,
+                    work / bundle.MODEL_ONNX, params.opset)
         session = onnx_session(work / bundle.MODEL_ONNX)
         log.info("parity check on %d of %d test images (export.parity_max_images=%s)",
                  len(rows), int((predictions["split"] == "test").sum()), params.parity_max_images)
-        probs = run_onnx(session, load_images(spectrograms, rows), params.batch_size)
+        probs = run_probs(session, load_images(spectrograms, rows), len(classes), BATCH_SIZE)
         parity = check_parity(rows, probs, classes, _atol(params, reports),
                               reports / PREDICTIONS)
-        meta = _metadata(out.name, resolved, seg, spec, reports,
+        meta = _metadata(out.name, resolved, seg, image, described, quality, reports,
                          _data_info(segments, splits, resolved), work / bundle.MODEL_ONNX,
                          params.opset)
         meta["parity"] = {**parity, "reference": str(reports / PREDICTIONS)}
@@ -300,7 +262,11 @@ def run(params: ExportParams, params_path: Path, model_dir: Path, reports: Path,
         shutil.rmtree(work, ignore_errors=True)
     log.info("wrote %s (parity: max |diff| %.2e on %d images)", out, parity["max_abs_diff"],
              parity["images"])
-    _register(params, model_dir, out, meta.get("data", {}).get("database"))
+    if params.register_model:
+        run_tracking.register_bundle(model_dir, out, registered_name(
+            params, meta.get("data", {}).get("database")), params.alias)
+    else:
+        log.info("export.register_model is false: not registering %s in MLflow", out)
     return meta
 
 
@@ -308,16 +274,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     parser.add_argument("--model", type=Path, required=True, help="train run folder")
-    parser.add_argument("--reports", type=Path, help="default: reports/<db>/<run>")
-    parser.add_argument("--segments", type=Path, help="default: data/segments/<db>")
-    parser.add_argument("--spectrograms", type=Path, help="default: data/spectrograms/<db>")
-    parser.add_argument("--splits", type=Path, help="default: data/splits/<db>")
-    parser.add_argument("--out", type=Path, help="default: models/export/<db>/<run>")
+    for flag, default in (("reports", "reports/<db>/<run>"), ("segments", "data/segments/<db>"),
+                          ("spectrograms", "data/spectrograms/<db>"),
+                          ("splits", "data/splits/<db>"), ("out", "models/export/<db>/<run>")):
+        parser.add_argument(f"--{flag}", type=Path, help=f"default: {default}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     params = load_section("export", ExportParams, args.params)
     name = args.model.name
-    run(params, args.params, args.model, per_database(args.reports, args.params, "reports", name),
+    run(params, args.model, per_database(args.reports, args.params, "reports", name),
         per_database(args.segments, args.params, "data/segments"),
         per_database(args.spectrograms, args.params, "data/spectrograms"),
         per_database(args.out, args.params, "models/export", name),

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from data_prep.layout import INDEX, META, SHARDS, atomic_path
+from data_prep.layout import ASSIGNMENT, INDEX, META, SHARDS, atomic_path
 from pipeline.data import make_loader
 from pipeline.engine import autocast, model_input
 
@@ -43,7 +43,7 @@ def data_fingerprint(spectrograms: Path, splits: Path, frame: pd.DataFrame) -> s
     of GB for large databases); a touched but unchanged shard only costs a recomputation.
     """
     digest = hashlib.sha256()
-    for path in (spectrograms / META, spectrograms / INDEX, splits / "assignment.csv"):
+    for path in (spectrograms / META, spectrograms / INDEX, splits / ASSIGNMENT):
         digest.update(path.read_bytes())
     for shard in sorted((spectrograms / SHARDS).glob("*.npy")):
         stat = shard.stat()

@@ -24,10 +24,10 @@ from sklearn.metrics import (
     average_precision_score,
     classification_report,
     log_loss,
-    precision_recall_curve,
     roc_auc_score,
-    roc_curve,
 )
+
+from pipeline.curves import calibration, pr_points, present_classes, roc_points, safe_div
 
 SUMMARY_STATS = ("accuracy", "macro_f1", "balanced_accuracy")
 CLASS_STATS = ("se", "ppv")
@@ -177,7 +177,7 @@ def row_normalise(counts: np.ndarray) -> np.ndarray:
 
     Written by hand because sklearn's `normalize="true"` turns empty rows into 0.
     """
-    return _safe_div(counts, counts.sum(axis=-1, keepdims=True))
+    return safe_div(counts, counts.sum(axis=-1, keepdims=True))
 
 
 def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
@@ -193,10 +193,10 @@ def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
     total = cm.sum(axis=(-2, -1))
     fp, fn = predicted - tp, support - tp
     tn = total[..., None] - tp - fp - fn
-    se, f1 = _safe_div(tp, support), _safe_div(2 * tp, 2 * tp + fp + fn)
+    se, f1 = safe_div(tp, support), safe_div(2 * tp, 2 * tp + fp + fn)
     return {
-        "tp": tp, "fp": fp, "fn": fn, "tn": tn, "se": se, "ppv": _safe_div(tp, predicted),
-        "fpr": _safe_div(fp, fp + tn), "f1": f1, "accuracy": _safe_div(tp.sum(axis=-1), total),
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn, "se": se, "ppv": safe_div(tp, predicted),
+        "fpr": safe_div(fp, fp + tn), "f1": f1, "accuracy": safe_div(tp.sum(axis=-1), total),
         "macro_f1": _nanmean(f1, axis=-1), "balanced_accuracy": _nanmean(se, axis=-1),
     }
 
@@ -243,59 +243,6 @@ def per_record_table(
     for i, name in enumerate(class_names):
         table[f"{name}_se"], table[f"{name}_ppv"] = rates["se"][:, i], rates["ppv"][:, i]
     return table
-
-
-def calibration(
-    y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15
-) -> tuple[float, pd.DataFrame]:
-    """Top-label expected calibration error and reliability-diagram bins.
-
-    Hand-written because sklearn's `calibration_curve` is binary and drops empty bins
-    without returning their counts, which the ECE weighting needs.
-
-    Returns:
-        ECE (sum over bins of |accuracy - confidence| weighted by the bin's share) and one
-        row per bin: lower, upper, count, confidence, accuracy (NaN when empty), gap.
-    """
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y_true).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # Bins are (lower, upper]; a confidence of exactly 0 goes to the first bin.
-    idx = np.searchsorted(edges[1:-1], confidence, side="left")
-    count = np.bincount(idx, minlength=n_bins)
-    mean_conf = _safe_div(np.bincount(idx, confidence, n_bins), count)
-    accuracy = _safe_div(np.bincount(idx, correct, n_bins), count)
-    gap = accuracy - mean_conf
-    ece = float(np.nansum(count / max(len(y_true), 1) * np.abs(gap)))
-    bins = pd.DataFrame(
-        {"lower": edges[:-1], "upper": edges[1:], "count": count,
-         "confidence": mean_conf, "accuracy": accuracy, "gap": gap}
-    )
-    return ece, bins
-
-
-def roc_points(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
-    """One-vs-rest ROC curve points per class present in y_true (class, fpr, tpr, threshold)."""
-    frames = []
-    for i, name in _present(y_true, class_names):
-        fpr, tpr, thr = roc_curve(y_true == i, probs[:, i])
-        frames.append(pd.DataFrame({"class": name, "fpr": fpr, "tpr": tpr, "threshold": thr}))
-    return _concat(frames, ["class", "fpr", "tpr", "threshold"])
-
-
-def pr_points(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
-    """One-vs-rest precision-recall points per class present in y_true."""
-    frames = []
-    for i, name in _present(y_true, class_names):
-        precision, recall, thr = precision_recall_curve(
-            y_true == i, probs[:, i], drop_intermediate=True
-        )
-        # sklearn returns one threshold fewer than points (the last point has none).
-        thr = np.append(thr, np.nan)
-        frames.append(pd.DataFrame(
-            {"class": name, "recall": recall, "precision": precision, "threshold": thr}
-        ))
-    return _concat(frames, ["class", "recall", "precision", "threshold"])
 
 
 def flatten_metrics(tree: dict[str, Any], sep: str = "_", prefix: str = "") -> dict[str, Any]:
@@ -350,7 +297,7 @@ def _auc_ap(
     class is missing from y_true (common: Q beats in a small test set).
     """
     auc, ap = np.full(len(class_names), np.nan), np.full(len(class_names), np.nan)
-    present = dict(_present(y_true, class_names))
+    present = dict(present_classes(y_true, class_names))
     for i, name in enumerate(class_names):
         if i not in present:
             notes.append(f"class {name}: no segments in y_true; Se, AUC and AP undefined (NaN)")
@@ -371,27 +318,10 @@ def _report(
     return text, classification_report(y_true, y_pred, output_dict=True, **kwargs)
 
 
-def _present(y_true: np.ndarray, class_names: Sequence[str]) -> list[tuple[int, str]]:
-    present = set(np.unique(y_true).tolist())
-    return [(i, name) for i, name in enumerate(class_names) if i in present]
-
-
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den with NaN where den == 0 (undefined, not 0)."""
-    num, den = np.asarray(num, float), np.asarray(den, float)
-    out = np.full(np.broadcast(num, den).shape, np.nan)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
-
-
 def _nanmean(values: np.ndarray, axis: int | None = None) -> Any:
     with warnings.catch_warnings():  # mean of nothing defined is NaN, by design
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(values, axis=axis)
-
-
-def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def _scalar(value: Any) -> Any:

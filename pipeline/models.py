@@ -1,4 +1,4 @@
-"""Model factory: building timm models from resolved weights, and backbone presets.
+"""Model factory: building timm models from resolved weights.
 
 `build_model` always calls ``timm.create_model(name, pretrained=..., num_classes=K)``; a file goes
 through timm's ``pretrained_cfg_overlay=dict(file=...)``, which re-initialises the classifier
@@ -16,16 +16,11 @@ from typing import Any
 
 import timm
 import torch
-from pydantic import Field
 from timm.models import get_model_traits, load_state_dict
 
-from data_prep.params import StrictModel, read_yaml
 from pipeline.weights import WeightsSource, known_cfg, split_name
 
 log = logging.getLogger(__name__)
-
-BACKBONES_YAML = Path(__file__).resolve().parents[1] / "configs" / "backbones.yaml"
-
 
 def build_model(
     model_name: str, num_classes: int, weights: WeightsSource, **timm_kwargs: Any
@@ -82,39 +77,6 @@ def model_data_config(model: torch.nn.Module) -> dict[str, Any]:
         "input_size": (int(in_chans), *(int(v) for v in cfg["input_size"][1:])),
         "interpolation": str(cfg["interpolation"]),
     }
-
-
-class BackbonePreset(StrictModel):
-    """One entry of configs/backbones.yaml."""
-
-    model: str
-    lr: float = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    layer_decay: float | None = Field(default=None, gt=0, le=1)
-    notes: str = ""
-
-
-def load_preset(name: str, path: Path = BACKBONES_YAML) -> dict[str, Any]:
-    """Returns the preset called `name` ("default" for the default backbone), validated.
-
-    Raises:
-        ValueError: unknown preset (the message lists the known ones) or a malformed entry.
-    """
-    data = read_yaml(path)
-    presets = data.get("presets") or {}
-    key = data.get("default") if name == "default" else name
-    if key not in presets:
-        matches = [k for k, v in presets.items() if v and v.get("model") == name]
-        if len(matches) != 1:
-            raise ValueError(
-                f"{path}: no backbone preset '{name}'; known: {', '.join(presets)}. "
-                "Add an entry there or pass the timm settings explicitly."
-            )
-        key = matches[0]
-    try:
-        return BackbonePreset.model_validate(presets[key]).model_dump()
-    except ValueError as err:
-        raise ValueError(f"{path} [presets.{key}]: {err}") from None
 
 
 def _timm_name(model_name: str) -> str:

@@ -31,20 +31,16 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from data_prep import segment, signals, wfdb_io
-from data_prep.configs import LabelMap
-from data_prep.segment import SegmentParams
-from data_prep.spectrogram import SpectrogramParams, spectrogram_images
-from pipeline.bundle import INPUT_NAME, OUTPUT_NAMES, read_bundle_json
+from data_prep import signals, wfdb_io
+from data_prep.configs import LabelMap, resolve_annotator
+from data_prep.stft import ImageParams, spectrogram_images
+from data_prep.windows import SegmentParams, cut_beats, cut_fixed, flat_windows
+from pipeline.bundle import read_bundle_json
+from pipeline.onnx_runner import onnx_session, run_probs
 
 log = logging.getLogger(__name__)
 
 BUNDLE_ANNOTATOR = "bundle"  # predict_record default: the annotator the bundle was trained with
-BATCH = 64
-# Lead-off and saturation show as a raw value that does not change: a window is "flat" when at
-# least FLAT_FRACTION of it lies in constant stretches of FLAT_RUN_S or longer. A real ECG is
-# never constant to the last ADC bit for 0.2 s (mitdb: 5 uV per step, noise larger than that).
-FLAT_RUN_S, FLAT_FRACTION = 0.2, 0.5
 BASE = ("record", "sample", "time_s", "beat_source", "symbol", "label", "status", "note", "pred")
 
 
@@ -55,7 +51,7 @@ class Bundle:
     path: Path
     meta: dict
     segment: SegmentParams
-    spectrogram: SpectrogramParams
+    spectrogram: ImageParams
     labels: LabelMap
     session: ort.InferenceSession
 
@@ -69,10 +65,7 @@ class Bundle:
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities (n, K) of uint8 spectrograms (n, S, S) as the stage makes them."""
-        images = np.ascontiguousarray(images, dtype=np.uint8)
-        out = [self.session.run([OUTPUT_NAMES[0]], {INPUT_NAME: images[i:i + BATCH]})[0]
-               for i in range(0, len(images), BATCH)]
-        return np.concatenate(out) if out else np.empty((0, len(self.classes)), np.float32)
+        return run_probs(self.session, images, len(self.classes))
 
     def predict_signal(self, signal: np.ndarray, fs: float, beats: np.ndarray | None = None,
                        *, record: str = "signal", symbols: np.ndarray | None = None
@@ -153,7 +146,7 @@ class Bundle:
     def _annotated_beats(self, folder: Path, name: str, annotator: str | None
                          ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Beats from annotations (symbols not in the label map's ignore list), or None."""
-        bundle_ext = self.segment.annotator or "atr"
+        bundle_ext = resolve_annotator(self.segment.annotator)
         ext = bundle_ext if annotator == BUNDLE_ANNOTATOR else annotator
         if ext is None or not (folder / f"{name}.{ext}").is_file():
             log.info("record %s: no .%s annotations; detecting beats (XQRS)", name, ext)
@@ -172,13 +165,13 @@ class Bundle:
         offset, length, _ = seg.geometry()
         if seg.label_mode == "beat":
             assert beats is not None  # predict_signal detects them for beat bundles
-            windows, centre, status = segment.cut_beats(x, fs, beats, seg)
+            windows, centre, status = cut_beats(x, fs, beats, seg)
             starts, sample = centre - offset, np.asarray(beats, dtype=np.int64)
         else:
-            windows, starts, status = segment.cut_fixed(x, fs, seg)
+            windows, starts, status = cut_fixed(x, fs, seg)
             sample, source = signals.map_samples(starts, seg.target_fs, fs), "window"
         ok = np.flatnonzero(status == "")
-        flat = _flat(x, fs, starts[ok], length, seg.target_fs)
+        flat = flat_windows(x, fs, starts[ok], length, seg.target_fs)
         status[ok[flat]] = "flat"
         status[status == ""] = "ok"
         probs = np.full((len(status), len(self.classes)), np.nan, dtype=np.float32)
@@ -215,19 +208,6 @@ class Bundle:
         return self.segment.geometry()[1] / self.segment.target_fs
 
 
-def _flat(x: np.ndarray, fs: float, starts: np.ndarray, length: int, target_fs: float
-          ) -> np.ndarray:
-    """Which windows (starts at target_fs) lie mostly in constant stretches of the raw lead."""
-    if not starts.size:
-        return np.zeros(0, dtype=bool)
-    change = np.flatnonzero(np.diff(x) != 0) + 1
-    runs = np.diff(np.r_[0, change, x.size])
-    in_run = np.repeat(runs >= max(round(FLAT_RUN_S * fs), 2), runs)
-    n_out = signals.resampled_length(x.size, fs, target_fs)
-    counts = np.r_[0, np.cumsum(signals.resample_mask(in_run, fs, target_fs, n_out))]
-    return counts[starts + length] - counts[starts] >= FLAT_FRACTION * length
-
-
 def load_bundle(path: str | Path) -> Bundle:
     """Loads an export bundle (bundle.json + model.onnx); nothing is unpickled.
 
@@ -238,11 +218,10 @@ def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     meta = read_bundle_json(path)
     pre = meta["preprocessing"]
-    session = ort.InferenceSession(str(path / meta["model"]["file"]),
-                                   providers=["CPUExecutionProvider"])
+    session = onnx_session(path / meta["model"]["file"])
     label_map = {k: meta["label_map"][k] for k in ("classes", "map", "ignore")}
     return Bundle(path, meta, SegmentParams.model_validate(pre["segment"]),
-                  SpectrogramParams.model_validate(pre["spectrogram"]),
+                  ImageParams.model_validate(pre["spectrogram"]),
                   LabelMap.model_validate(label_map), session)
 
 

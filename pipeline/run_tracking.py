@@ -3,7 +3,8 @@
 The train stage opens the run and writes its id to `models/<run>/mlflow_run.json`; a
 resumed train (same folder, same fingerprint, same store) reopens that run instead of
 starting another. The evaluate stage reopens the run by that id, adds the test results and
-closes it. Everything MLflow-specific goes through `pipeline.tracking` (the only module that
+closes it; the export stage registers the model and attaches the bundle. The stages call this
+module only; everything MLflow-specific goes through `pipeline.tracking` (the only module that
 imports mlflow); this module holds the `tracking:` params and the run-id file.
 """
 
@@ -22,10 +23,13 @@ from pydantic import Field
 from data_prep.layout import read_json, write_json
 from data_prep.params import StrictModel, load_section, read_yaml
 from pipeline import tracking
+from pipeline.run_folder import RUN_FILE
+from pipeline.tracking import check_tracking_server
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "mlflow_run.json"
+__all__ = ["RUN_FILE", "TrackingParams", "check_tracking_server", "evaluation_run",
+           "load_tracking", "read_run_file", "register_bundle", "run_name", "train_run"]
 DVC_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for every stage command
 
 
@@ -189,3 +193,42 @@ def log_evaluation(
     if model is not None and input_example is not None:
         uri = tracking.log_pytorch_model(run_id, model, input_example)
         log.info("logged the model to MLflow as %s", uri)
+
+
+@contextmanager
+def evaluation_run(params: TrackingParams | None, folder: Path) -> Iterator[str | None]:
+    """Reopens the MLflow run train opened for `folder` (its mlflow_run.json) around an
+    evaluation: FINISHED when the block completes, FAILED when it raises. Yields the run id,
+    or None without tracking (`params` None)."""
+    if params is None:
+        yield None
+        return
+    check_tracking_server()  # fail before minutes of inference, not after
+    run_id = str(read_run_file(folder)["run_id"])
+    tracking.resume_run(run_id)
+    with tracking.fail_on_error(run_id):
+        yield run_id
+    tracking.end_run(run_id, "FINISHED")
+
+
+def register_bundle(folder: Path, bundle_dir: Path, name: str, alias: str | None) -> str:
+    """Attaches an export bundle to the model's run and registers the model evaluate logged
+    (artifact "model") as a new version of `name`, with `alias`; returns the version.
+
+    Raises:
+        FileNotFoundError: the model folder has no mlflow_run.json.
+        ValueError: MLflow could not register the model, naming the fixes.
+    """
+    run_id = str(read_run_file(folder)["run_id"])
+    tracking.log_artifacts(run_id, bundle_dir, "bundle")
+    try:
+        version = tracking.register_model(run_id, "model", name, alias)
+    except ValueError as err:
+        raise ValueError(
+            f"cannot register the model of MLflow run {run_id} ({folder}): {err}. Set "
+            "tracking.log_model: true and re-run evaluate, or set export.register_model: false "
+            f"(the bundle {bundle_dir} is complete without it)") from err
+    tracking.set_tags(run_id, {"export.bundle": str(bundle_dir),
+                               "export.registered": f"{name}/{version}"})
+    log.info("registered %s version %s (alias %s)", name, version, alias)
+    return version

@@ -5,8 +5,9 @@ train stage opens a run and stores its id in its output folder, the evaluate sta
 process) reopens that id and completes it, and nothing depends on global state.
 
 The store is `uri` when given, else `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the
-working directory. Call `check_tracking_server` before training: a down server otherwise
-surfaces only after training, through mlflow's minutes-long HTTP retries.
+working directory (`pipeline.tracking_server`, which needs no mlflow). Call
+`check_tracking_server` before training: a down server otherwise surfaces only after training,
+through mlflow's minutes-long HTTP retries.
 """
 
 from __future__ import annotations
@@ -16,14 +17,11 @@ import logging
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
@@ -39,51 +37,17 @@ from mlflow.utils.validation import (
 
 from pipeline.metrics import flatten_metrics, nan_to_none
 from pipeline.provenance import source_info
+from pipeline.tracking_server import (  # noqa: F401 (re-exported: the stages' one entry point)
+    DEFAULT_URI,
+    URI_ENV,
+    TrackingServerError,
+    check_tracking_server,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
-# No usage telemetry unless asked for (MLFLOW_DISABLE_TELEMETRY=false): clinical clusters are
-# often air-gapped and research runs should not call out. mlflow reads it at each event.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-DEFAULT_URI = "sqlite:///mlflow.db"
-URI_ENV = "MLFLOW_TRACKING_URI"
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
-
-
-class TrackingServerError(ConnectionError):
-    """The configured MLflow tracking server does not answer."""
-
-
-def tracking_uri(uri: str | None = None) -> str:
-    """The store to use: `uri`, else `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`."""
-    return uri or os.environ.get(URI_ENV) or DEFAULT_URI
-
-
-def check_tracking_server(uri: str | None = None, timeout: float = 3.0) -> None:
-    """Fails fast if an http(s) tracking server does not answer its /health endpoint.
-
-    Local stores (sqlite, file) need no server and always pass.
-
-    Raises:
-        TrackingServerError: naming the URI and the two ways to fix it.
-    """
-    uri = tracking_uri(uri)
-    if urlparse(uri).scheme not in ("http", "https"):
-        return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-            if response.status == 200:
-                return
-            reason = f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError) as err:
-        reason = str(getattr(err, "reason", err))
-    raise TrackingServerError(
-        f"MLflow tracking server {uri} is unreachable ({reason}); start it "
-        f"(mlflow server --host {urlparse(uri).hostname} --port {urlparse(uri).port or 5000} "
-        f"--backend-store-uri sqlite:///mlflow.db) or unset {URI_ENV} to log to the local "
-        f"{DEFAULT_URI}"
-    )
 
 
 def start_run(
@@ -185,17 +149,6 @@ def log_artifacts(
             raise FileNotFoundError(f"{path}: no such file or folder to log to MLflow")
 
 
-def log_text(run_id: str, text: str, artifact_file: str, *, uri: str | None = None) -> None:
-    """Stores `text` as the artifact `artifact_file` (e.g. "classification_report.txt")."""
-    _client(uri).log_text(run_id, text, artifact_file)
-
-
-def log_dict(run_id: str, obj: Any, artifact_file: str, *, uri: str | None = None) -> None:
-    """Stores `obj` as a JSON artifact; NaN becomes null so the file is valid JSON."""
-    text = json.dumps(nan_to_none(obj), indent=2, allow_nan=False)
-    _client(uri).log_text(run_id, text + "\n", artifact_file)
-
-
 def log_pytorch_model(
     run_id: str,
     model: Any,
@@ -241,12 +194,20 @@ def register_model(
 
     Returns:
         The new version number; `alias` (e.g. "champion") is moved onto it when given.
+
+    Raises:
+        ValueError: MLflow refused (no such logged model, registry unavailable), with its reason.
     """
+    client = _client(uri)
     mlflow.set_tracking_uri(tracking_uri(uri))
     mlflow.set_registry_uri(tracking_uri(uri))
-    version = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name).version
-    if alias:
-        _client(uri).set_registered_model_alias(name, alias, str(version))
+    try:
+        version = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name).version
+        if alias:
+            client.set_registered_model_alias(name, alias, str(version))
+    except MlflowException as err:
+        raise ValueError(f"MLflow could not register runs:/{run_id}/{artifact_path} as {name}: "
+                         f"{err.message}") from err
     return str(version)
 
 
@@ -262,8 +223,16 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
     return flat
 
 
+def _no_telemetry() -> None:
+    """No usage telemetry unless asked for (MLFLOW_DISABLE_TELEMETRY=false): clinical clusters
+    are often air-gapped and research runs should not call out. mlflow reads it at each event;
+    set when the first client is made, not at import (importing must not change the env)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
 @lru_cache(maxsize=8)
 def _cached_client(uri: str) -> MlflowClient:
+    _no_telemetry()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -42,11 +42,12 @@ from torch.utils.data import Dataset
 
 from data_prep.layout import atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
-from pipeline import data, features, run_tracking, tracking
+from pipeline import data, features, run_tracking
 from pipeline.checkpoint import Checkpointer, save_weights
 from pipeline.engine import EpochCallback, FitConfig, FitResult, fit, resolve_device
 from pipeline.freeze import FreezeReport, apply_freeze, feature_extractor, param_groups
 from pipeline.models import build_model, model_data_config
+from pipeline.run_folder import CHECKPOINT, FEATURES, HISTORY, METRICS, MODEL, RESOLVED
 from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
 from pipeline.weights import WeightsSource, resolve_weights
 
@@ -54,9 +55,6 @@ log = logging.getLogger(__name__)
 
 FreezeMode = Literal["frozen", "partial", "full"]
 MATRIX_KEYS = ("backbones", "freeze_modes")  # choose the DVC matrix runs, not one run's result
-MODEL, HISTORY, METRICS, RESOLVED, CHECKPOINT = (
-    "model.safetensors", "history.csv", "metrics.json", "resolved_config.json", "checkpoint"
-)
 CODE_MODULES = ("train", "engine", "checkpoint", "data", "features", "transforms", "models",
                 "freeze")  # the pipeline modules in the DVC stage's deps
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "train_macro_f1",
@@ -147,7 +145,7 @@ def run(
     """
     started = time.monotonic()
     if tracking_params is not None:  # a down server must fail now, not after hours of training
-        tracking.check_tracking_server()
+        run_tracking.check_tracking_server()
     meta = data.read_meta(spectrograms)
     classes = list(meta["classes"])
     frame = data.load_split_index(spectrograms, splits, classes)
@@ -250,7 +248,7 @@ def _train_sets(
     feature_sets = features.feature_datasets(
         feature_fn,
         {s: data.SpectrogramDataset(spectrograms, df) for s, df in frames.items()},
-        Path(params.feature_cache_dir or out / "features") / f"{backbone}-{key}",
+        Path(params.feature_cache_dir or out / FEATURES) / f"{backbone}-{key}",
         device, setup.prepare.preprocess,
         batch_size=2 * params.batch_size,  # no gradients to keep: twice the batch fits
         workers=workers, dtype=params.feature_dtype,

@@ -1,14 +1,16 @@
 """Shared fixtures. Real data and weights live in ../shared beside the checkout.
 
 Integration tests use them; under CI=true a missing ../shared is a failure, not a skip.
-`mlflow_server` starts a real MLflow tracking server on loopback once per session.
+`mlflow_server` starts a real MLflow tracking server on loopback once per session; `folders`
+writes a synthetic spectrogram folder and split; `built` runs the tiny synthetic pipeline
+(tests/tiny_pipeline.py) once per session. Tests marked `slow` (the real-data integration
+tests) are left out of the fast loop `pytest -m "not slow"`.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, free_port
+from tests.synthetic import write_synthetic
+
 SHARED = Path(os.environ.get("ECG_SHARED_DIR", REPO.parent / "shared"))
 MLFLOW = Path(sys.executable).with_name("mlflow")
 SERVER_START_S = 90.0
@@ -43,13 +47,6 @@ def physionet_mirror() -> Path:
 def weights_dir() -> Path:
     """Folder of real ImageNet weights as <model>.<tag>.safetensors files."""
     return _require(SHARED / "weights")
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -116,3 +113,20 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    """(spectrogram folder, splits folder) of `tests.synthetic.write_synthetic`."""
+    return write_synthetic(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Paths of the tiny pipeline's folders, from raw records to the export bundle."""
+    import torch
+
+    from tests.tiny_pipeline import build_pipeline
+
+    torch.set_num_threads(1)  # tiny model: one thread is fastest on busy CI cores
+    return build_pipeline(tmp_path_factory.getbasetemp() / "export_pipeline")

@@ -1,7 +1,8 @@
-"""Synthetic WFDB records for tests, written with wfdb.wrsamp / wfdb.wrann into a temporary folder.
+"""Synthetic test data: WFDB records (wfdb.wrsamp / wfdb.wrann) and spectrogram folders.
 
-The first lead is a train of narrow Gaussian "QRS" spikes at the beat samples, so a test can
-check that a window is centred on its beat after resampling and band-pass filtering.
+The first lead of a record is a train of narrow Gaussian "QRS" spikes at the beat samples, so a
+test can check that a window is centred on its beat after resampling and band-pass filtering.
+`write_synthetic` writes a spectrogram folder and a split assignment (train/evaluate tests).
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import wfdb
+
+from data_prep.layout import save_shard, write_index, write_json
 
 
 def regular_beats(n_samples: int, fs: float, rr_s: float = 0.8, first_s: float = 1.5) -> np.ndarray:
@@ -91,3 +95,53 @@ def write_record(
 def write_records_file(folder: Path, records: Sequence[str]) -> None:
     """Writes the RECORDS listing of a database folder."""
     (Path(folder) / "RECORDS").write_text("".join(f"{r}\n" for r in records))
+
+
+# ----------------------------------------------------------------- spectrogram folders
+
+CLASSES = ["N", "S", "V"]
+# record -> (split, images per class N/S/V)
+RECORDS = {
+    "100": ("train", (12, 3, 5)),
+    "101": ("train", (10, 4, 4)),
+    "102": ("val", (6, 2, 3)),
+    "103": ("val", (5, 3, 2)),
+    "104": ("test", (4, 2, 2)),
+}
+
+
+
+def synthetic_image(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
+    """uint8 spectrogram-like image whose class is a band at a class-specific frequency."""
+    img = rng.integers(0, 60, (size, size)).astype(np.uint8)
+    band = slice((label * size) // 3, (label * size) // 3 + size // 4)
+    img[band, :] = 200  # rows = frequency
+    return img
+
+
+def write_synthetic(
+    root: Path, size: int = 32, records: dict | None = None, unassigned: str | None = "105"
+) -> tuple[Path, Path]:
+    """Writes data/spectrograms (shards, index.csv, meta.json) and data/splits/assignment.csv.
+
+    Returns:
+        (spectrogram folder, splits folder).
+    """
+    records = records or RECORDS
+    spec, splits = root / "spectrograms", root / "splits"
+    rng = np.random.default_rng(0)
+    rows, assign = [], []
+    for record, (split, counts) in {**records, **({unassigned: ("-", (2, 1, 1))}
+                                                  if unassigned else {})}.items():
+        labels = [c for c, n in zip(range(3), counts, strict=True) for _ in range(n)]
+        rng.shuffle(labels)
+        save_shard(spec, record, np.stack([synthetic_image(k, rng, size) for k in labels]))
+        rows += [{"record": record, "row": i, "sample": 100 * i, "label": CLASSES[k],
+                  "symbol": CLASSES[k]} for i, k in enumerate(labels)]
+        if split != "-":
+            assign.append({"record": record, "subject": f"s{record}", "split": split})
+    write_index(spec / "index.csv", pd.DataFrame(rows))
+    write_json(spec / "meta.json", {"classes": CLASSES, "image_size": size})
+    splits.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(assign).to_csv(splits / "assignment.csv", index=False)
+    return spec, splits

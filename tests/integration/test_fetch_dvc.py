@@ -6,6 +6,7 @@ named by ECG_PHYSIONET_MIRROR, as an offline cluster would.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,10 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.repo_params import committed_params
+from tests.helpers import REPO, committed_params
 from tests.synthetic import write_record, write_records_file
-from tests.unit.test_fetch import _sha
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DB = "synthdb"
 
@@ -34,7 +35,7 @@ def _dvc(project: Path, env: dict, *args: str) -> str:
 def _write_manifest(db_dir: Path) -> None:
     files = sorted(p for p in db_dir.iterdir() if p.name != "SHA256SUMS")
     (db_dir / "SHA256SUMS").write_text(
-        "".join(f"{_sha(p.read_bytes())}  {p.name}\n" for p in files))
+        "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in files))
 
 
 @pytest.fixture()

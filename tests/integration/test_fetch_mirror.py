@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.fetch import DatasetParams, FetchParams, parse_manifest, run
+from data_prep.checksums import parse_manifest
+from data_prep.fetch import DatasetParams, FetchParams, run
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.mark.integration
 def test_fetch_two_mitdb_records_from_mirror(physionet_mirror: Path, tmp_path: Path) -> None:
     out = tmp_path / "raw"
     params = FetchParams(mirror=physionet_mirror, records=["100", "201"])

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PARAMS = """# a comment DVC's rewrite would drop
 train:

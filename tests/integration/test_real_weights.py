@@ -18,7 +18,7 @@ from pipeline.freeze import apply_freeze, feature_extractor
 from pipeline.models import build_model, model_data_config
 from pipeline.weights import resolve_weights
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 README_SHA256 = {  # ../shared/weights/README.md
     "mobilenetv2_100": "6e4bbcc43fd7f31a4a4e3888004545bfe5633945ac2dbc7e6552d537c409643f",

@@ -3,67 +3,15 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from data_prep.layout import load_shard, save_shard, write_index, write_json
+from data_prep.layout import load_shard
 from pipeline import data
-
-CLASSES = ["N", "S", "V"]
-# record -> (split, images per class N/S/V)
-RECORDS = {
-    "100": ("train", (12, 3, 5)),
-    "101": ("train", (10, 4, 4)),
-    "102": ("val", (6, 2, 3)),
-    "103": ("val", (5, 3, 2)),
-    "104": ("test", (4, 2, 2)),
-}
-
-
-
-def synthetic_image(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
-    """uint8 spectrogram-like image whose class is a band at a class-specific frequency."""
-    img = rng.integers(0, 60, (size, size)).astype(np.uint8)
-    band = slice((label * size) // 3, (label * size) // 3 + size // 4)
-    img[band, :] = 200  # rows = frequency
-    return img
-
-
-def write_synthetic(
-    root: Path, size: int = 32, records: dict | None = None, unassigned: str | None = "105"
-) -> tuple[Path, Path]:
-    """Writes data/spectrograms (shards, index.csv, meta.json) and data/splits/assignment.csv.
-
-    Returns:
-        (spectrogram folder, splits folder).
-    """
-    records = records or RECORDS
-    spec, splits = root / "spectrograms", root / "splits"
-    rng = np.random.default_rng(0)
-    rows, assign = [], []
-    for record, (split, counts) in {**records, **({unassigned: ("-", (2, 1, 1))}
-                                                  if unassigned else {})}.items():
-        labels = [c for c, n in zip(range(3), counts, strict=True) for _ in range(n)]
-        rng.shuffle(labels)
-        save_shard(spec, record, np.stack([synthetic_image(k, rng, size) for k in labels]))
-        rows += [{"record": record, "row": i, "sample": 100 * i, "label": CLASSES[k],
-                  "symbol": CLASSES[k]} for i, k in enumerate(labels)]
-        if split != "-":
-            assign.append({"record": record, "subject": f"s{record}", "split": split})
-    write_index(spec / "index.csv", pd.DataFrame(rows))
-    write_json(spec / "meta.json", {"classes": CLASSES, "image_size": size})
-    splits.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(assign).to_csv(splits / "assignment.csv", index=False)
-    return spec, splits
-
-
-@pytest.fixture()
-def folders(tmp_path: Path) -> tuple[Path, Path]:
-    return write_synthetic(tmp_path)
+from tests.synthetic import CLASSES, RECORDS
 
 
 def test_join_assigns_splits_and_drops_unassigned_records(folders):

@@ -24,7 +24,7 @@ from pipeline.engine import (
 )
 from pipeline.freeze import apply_freeze, feature_extractor, param_groups
 from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
-from tests.unit.test_data import CLASSES, write_synthetic
+from tests.synthetic import CLASSES, write_synthetic
 
 CPU = torch.device("cpu")
 

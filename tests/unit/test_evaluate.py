@@ -14,11 +14,10 @@ from sklearn.metrics import f1_score
 
 from data_prep.layout import load_shard
 from data_prep.params import parse_section
-from pipeline import evaluate, train
+from pipeline import evaluate, report_folder, run_folder, train
 from pipeline.metrics import nan_to_none
-from tests.repo_params import committed_params
-from tests.unit.test_data import CLASSES, RECORDS, write_synthetic
-from tests.unit.test_train import make_params
+from tests.helpers import committed_params, make_params
+from tests.synthetic import CLASSES, RECORDS, write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 N_TEST = sum(sum(n) for split, n in RECORDS.values() if split == "test")
@@ -55,7 +54,8 @@ def report(trained, tmp_path_factory) -> tuple[Path, dict]:
 def test_run_writes_every_output(report):
     out, metrics = report
     predictions = pd.read_csv(out / "predictions.csv", dtype={"record": str})
-    assert list(predictions.columns) == [*evaluate.BASE_COLUMNS, *(f"prob_{c}" for c in CLASSES)]
+    probs = [f"prob_{c}" for c in CLASSES]
+    assert list(predictions.columns) == [*report_folder.BASE_COLUMNS, *probs]
     assert predictions["split"].value_counts().to_dict() == {"val": N_VAL, "test": N_TEST}
     assert not predictions.duplicated(["split", "record", "row"]).any()
     assert json.loads((out / "metrics.json").read_text()) == metrics
@@ -87,7 +87,7 @@ def test_run_writes_every_output(report):
 
 def test_headline_is_the_small_dvc_metric_and_tiny_classes_are_caveats(report):
     out, metrics = report
-    headline = json.loads((out / evaluate.HEADLINE).read_text())
+    headline = json.loads((out / report_folder.HEADLINE).read_text())
     test = metrics["test"]
     # classes N, S, V (no F): macro-F1 and F1 per class, a few columns per split
     assert headline["test"] == {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
@@ -105,7 +105,7 @@ def test_headline_is_the_small_dvc_metric_and_tiny_classes_are_caveats(report):
 
 def test_metrics_recomputed_from_predictions_csv_equal_metrics_json(report):
     out, metrics = report
-    predictions = evaluate.read_predictions(out / "predictions.csv")
+    predictions = report_folder.read_predictions(out / "predictions.csv")
     probs = predictions[[f"prob_{c}" for c in CLASSES]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
     assert (np.asarray(CLASSES)[probs.argmax(axis=1)] == predictions["pred"]).all()
@@ -123,14 +123,14 @@ def test_metrics_recomputed_from_predictions_csv_equal_metrics_json(report):
 def test_predictions_are_the_rebuilt_models_probabilities(trained, report):
     spec, _, model_dir = trained
     out, _ = report
-    model, preprocess, resolved = evaluate.load_model(model_dir)
+    model, preprocess, resolved = run_folder.load_model(model_dir)
     assert resolved["freeze"] == "partial"
-    predictions = evaluate.read_predictions(out / "predictions.csv")
+    predictions = report_folder.read_predictions(out / "predictions.csv")
     test = predictions[predictions["split"] == "test"].head(5)
     images = torch.stack([torch.from_numpy(np.array(load_shard(spec, r)[i]))
                           for r, i in zip(test["record"], test["row"], strict=True)])
     with torch.inference_mode():
-        probs = evaluate.ImageClassifier(preprocess, model)(images).numpy()
+        probs = run_folder.ImageClassifier(preprocess, model)(images).numpy()
     np.testing.assert_allclose(probs, test[[f"prob_{c}" for c in CLASSES]].to_numpy(), atol=1e-6)
 
 

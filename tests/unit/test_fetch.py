@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import fetch
+from data_prep import checksums, fetch
 from data_prep.fetch import DatasetParams, FetchParams, run
-from tests.repo_params import committed_params
+from tests.helpers import committed_params
 
 DB = "toydb"
 FILES = {
@@ -81,7 +81,7 @@ def test_record_selection_writes_subset_records_and_manifest(tmp_path: Path) -> 
     assert listing(raw) == {"r2.hea", "r2.dat", "r2.atr", "r2.mat", "RECORDS", "SHA256SUMS.txt",
                             "fetch.json"}
     assert (raw / "RECORDS").read_text() == "r2\n"
-    manifest = fetch.parse_manifest((raw / "SHA256SUMS.txt").read_text())
+    manifest = checksums.parse_manifest((raw / "SHA256SUMS.txt").read_text())
     assert manifest == {n: _sha(FILES[n]) for n in ("r2.hea", "r2.dat", "r2.atr", "r2.mat")}
     assert summary["records"] == ["r2"] and summary["verified"] == 4
 

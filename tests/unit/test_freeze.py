@@ -116,7 +116,7 @@ def test_vgg_pre_logits_choice() -> None:
 
 
 def test_vgg16_parameter_split_as_documented() -> None:
-    """The numbers in freeze.py's docstring and configs/backbones.yaml."""
+    """The numbers in freeze.py's docstring."""
     with torch.device("meta"):
         model = timm.create_model("vgg16", num_classes=1000)
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731

@@ -15,10 +15,8 @@ import yaml
 from mlflow import MlflowClient
 
 from pipeline import evaluate, run_tracking, tracking, train
-from tests.conftest import free_port
-from tests.repo_params import committed_params
-from tests.unit.test_data import write_synthetic
-from tests.unit.test_train import QUICK
+from tests.helpers import QUICK, committed_params, free_port
+from tests.synthetic import write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "test-ecg-spectrogram"

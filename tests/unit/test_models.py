@@ -1,4 +1,4 @@
-"""Weights resolution, model building from local files, data config and presets.
+"""Weights resolution, model building from local files and data config.
 
 Tiny timm models with random weights stand in for real checkpoints; the network is never used
 (HF_HUB_OFFLINE=1, or the hub probe is replaced).
@@ -15,8 +15,8 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 
 from data_prep.layout import sha256_file
-from pipeline import models, weights
-from pipeline.models import build_model, load_preset, model_data_config
+from pipeline import weights
+from pipeline.models import build_model, model_data_config
 from pipeline.weights import WeightsSource, resolve_weights
 
 SMALL_VGG = {"mlp_ratio": 1 / 16}  # VGG key layout (features, pre_logits, head.fc), 1/8 size
@@ -216,25 +216,3 @@ def test_model_data_config() -> None:
     grey = model_data_config(timm.create_model("resnet10t", num_classes=2, in_chans=1))
     assert grey["mean"] == pytest.approx(((0.485 + 0.456 + 0.406) / 3,))
     assert len(grey["std"]) == 1 and grey["input_size"][0] == 1
-
-
-def test_presets_are_valid_timm_models() -> None:
-    data = models.read_yaml(models.BACKBONES_YAML)
-    assert data["default"] == "vgg16.tv_in1k"
-    wanted = {"vgg16.tv_in1k", "resnet18", "resnet50", "efficientnet_b0", "densenet121",
-              "mobilenetv2_100", "tf_mobilenetv3_small_100", "regnetx_002", "convnext_tiny"}
-    assert wanted <= set(data["presets"])
-    for name in data["presets"]:
-        preset = load_preset(name)
-        assert timm.is_model(weights.split_model_name_tag(preset["model"])[0]), name
-        assert preset["lr"] > 0 and preset["batch_size"] > 0 and preset["notes"]
-    assert load_preset("default")["model"] == "vgg16.tv_in1k"
-
-
-def test_unknown_or_malformed_preset(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"no backbone preset 'alexnet'.*vgg16\.tv_in1k"):
-        load_preset("alexnet")
-    bad = tmp_path / "backbones.yaml"
-    bad.write_text("presets:\n  x: {model: resnet18, lr: 0.1, batch_size: 8, colour: red}\n")
-    with pytest.raises(ValueError, match="colour"):
-        load_preset("x", bad)

@@ -1,6 +1,6 @@
 """The workspace's params.yaml, whatever values an experiment left in it, parses for every stage.
 
-Tests that build on the defaults read the committed file instead (tests/repo_params.py).
+Tests that build on the defaults read the committed file instead (tests/helpers.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pipeline.evaluate import EvaluateParams
 from pipeline.export import ExportParams
 from pipeline.run_tracking import TrackingParams
 from pipeline.train import TrainParams
-from tests.repo_params import REPO, committed_params
+from tests.helpers import REPO, committed_params
 
 SECTIONS: dict[str, type[StrictModel]] = {
     "dataset": DatasetParams, "fetch": FetchParams, "segment": SegmentParams,

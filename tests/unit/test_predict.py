@@ -14,14 +14,14 @@ import pytest
 from data_prep import signals, wfdb_io
 from data_prep.layout import load_shard, read_index
 from pipeline import predict
+from tests.helpers import REPO
 from tests.synthetic import ecg_like, regular_beats, write_record, write_records_file
-from tests.unit.test_export import REPO, built  # noqa: F401 (session fixture)
 
 PROBS = [f"prob_{c}" for c in ("N", "S", "V", "F", "Q")]
 
 
 @pytest.fixture(scope="module")
-def bundle(built):  # noqa: F811
+def bundle(built):
     return predict.load_bundle(built["bundle"])
 
 
@@ -29,7 +29,7 @@ def _ok(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["status"] == "ok"]
 
 
-def test_predict_record_equals_the_stage_images(bundle, built):  # noqa: F811
+def test_predict_record_equals_the_stage_images(bundle, built):
     """Same windows and images as segment + spectrogram made for the record (1e-5)."""
     table = bundle.predict_record(built["raw"] / "r3")
     index = read_index(built["spectrograms"] / "index.csv").query("record == 'r3'")
@@ -44,7 +44,7 @@ def test_predict_record_equals_the_stage_images(bundle, built):  # noqa: F811
     assert set(edge["status"]) <= {"record_edge"} and edge[PROBS].isna().all().all()
 
 
-def test_predict_signal_in_memory_equals_predict_record(bundle, built):  # noqa: F811
+def test_predict_signal_in_memory_equals_predict_record(bundle, built):
     x = wfdb_io.read_signal(built["raw"], "r3", 0)
     ann = wfdb_io.read_annotations(built["raw"], "r3", "atr")
     table = bundle.predict_signal(x, 360, ann.sample, record="r3", symbols=ann.symbol)
@@ -100,7 +100,7 @@ def test_nan_and_flat_segments_are_reported(bundle, caplog):
         bundle.predict_signal(np.zeros((n, 2)), fs)
 
 
-def test_predict_folder_reports_bad_records_and_goes_on(bundle, built, tmp_path):  # noqa: F811
+def test_predict_folder_reports_bad_records_and_goes_on(bundle, built, tmp_path):
     write_record(tmp_path, "a", seconds=20.0)
     write_record(tmp_path, "b", sig_names=("V1",))
     write_record(tmp_path, "c", seconds=1.0, beats=[100])
@@ -113,7 +113,7 @@ def test_predict_folder_reports_bad_records_and_goes_on(bundle, built, tmp_path)
     assert "V1" in table.loc[table["record"] == "b", "note"].iat[0]
 
 
-def test_cli_writes_csv(built, tmp_path):  # noqa: F811
+def test_cli_writes_csv(built, tmp_path):
     out = tmp_path / "p.csv"
     predict.main(["--bundle", str(built["bundle"]), str(built["raw"] / "r1"), str(built["raw"]),
                   "--out", str(out), "--annotator", "none"])
@@ -122,7 +122,7 @@ def test_cli_writes_csv(built, tmp_path):  # noqa: F811
     assert table.columns.tolist()[:3] == ["record", "sample", "time_s"]
 
 
-def test_predict_imports_no_torch_timm_mlflow_dvc(built):  # noqa: F811
+def test_predict_imports_no_torch_timm_mlflow_dvc(built):
     script = textwrap.dedent(f"""
         import sys
         from importlib.abc import MetaPathFinder

@@ -9,7 +9,7 @@ import yaml
 
 from data_prep.params import parse_section
 from pipeline import evaluate, export, run_tracking, train
-from tests.repo_params import committed_params
+from tests.helpers import committed_params
 
 
 def test_run_name_carries_database_and_dvc_experiment() -> None:
@@ -52,6 +52,6 @@ def test_cli_defaults_are_per_database(monkeypatch: pytest.MonkeyPatch, params_f
                              Path("reports/svdb/resnet18-frozen"))
     calls = _capture(monkeypatch, export)
     export.main(["--params", str(params_file), "--model", "models/svdb/resnet18-frozen"])
-    assert calls[0][3:] == (Path("reports/svdb/resnet18-frozen"), Path("data/segments/svdb"),
+    assert calls[0][2:] == (Path("reports/svdb/resnet18-frozen"), Path("data/segments/svdb"),
                             Path("data/spectrograms/svdb"),
                             Path("models/export/svdb/resnet18-frozen"), Path("data/splits/svdb"))

@@ -14,8 +14,8 @@ import yaml
 from data_prep import layout, segment
 from data_prep.configs import load_label_map
 from data_prep.params import read_yaml
-from tests.conftest import REPO
-from tests.repo_params import committed_params, write_committed_params
+from data_prep.windows import signal_quality
+from tests.helpers import REPO, committed_params, write_committed_params
 from tests.synthetic import write_record, write_records_file
 
 AAMI = str(REPO / "configs" / "labels" / "aami.yaml")
@@ -174,6 +174,26 @@ def test_bad_records_are_counted_skips(tmp_path: Path) -> None:
     assert set(layout.read_index(tmp_path / "out" / layout.INDEX).record) == {"good", "nan"}
 
 
+def test_flat_windows_are_skipped_as_predict_skips_them(tmp_path: Path) -> None:
+    """A lead-off stretch (one raw value) drops the beats whose windows lie mostly in it,
+    counted as "flat", by the same rule (windows.flat_windows) predict applies."""
+    n, fs = 360 * 30, 360
+    beats = np.arange(360, n - 360, 288)  # every 0.8 s
+    signal = np.column_stack([np.sin(np.arange(n) / 30)] * 2)
+    signal[fs * 12:fs * 20] = 0.4  # 8 s lead-off
+    raw = make_db(tmp_path, {"off": {"seconds": 30, "signal": signal, "beats": beats}})
+    summary = segment.run(make_params(max_skip_fraction=0.9), "synth", raw, tmp_path / "out",
+                          workers=1)
+    index = layout.read_index(tmp_path / "out" / layout.INDEX)
+    time = index["sample"] / 250
+    flat = summary["per_record"]["off"]["skipped"]["flat"]
+    assert flat == summary["segments_skipped"]["flat"] >= 8  # beats centred at 13.25-18.75 s
+    assert not time.between(13.3, 18.7).any() and time.between(2, 10).sum() > 5
+    assert len(index) + flat + sum(v for k, v in summary["segments_skipped"].items()
+                                   if k != "flat") == len(beats)
+    assert layout.load_shard(tmp_path / "out", "off").shape[0] == len(index)
+
+
 def test_skip_fraction_failure_names_worst_record(tmp_path: Path) -> None:
     raw = make_db(tmp_path, {"ok": {"seconds": 20},
                              "odd": {"seconds": 20, "symbols": ["n"] * 12 + ["N"] * 12}})
@@ -208,7 +228,7 @@ def test_run_writes_the_output_format(tmp_path: Path) -> None:
     assert meta == {"database": "synth", "label_mode": "beat", "classes": list("NSVFQ"),
                     "fs": 250, "window_samples": 625, "offset_samples": 313,
                     "leads": {"100": "MLII", "101": "MLII"},
-                    "params": params.model_dump(mode="json")}
+                    "params": params.model_dump(mode="json"), "signal_quality": signal_quality()}
     assert summary["records"]["excluded"] == {"102": "paced"}
     assert summary["segments_kept"]["N"] == len(index) == summary["kept_total"]
     assert summary["records"]["processed"] == 2 and summary["lead_fallbacks"] == {}

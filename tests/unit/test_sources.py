@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 from data_prep import sources
-from tests.unit.test_fetch import DB, make_mirror
+
+DB = "toydb"
+
+
+def make_mirror(root: Path) -> Path:
+    """<root>/<DB>/ with two records' files, RECORDS and SHA256SUMS; returns <root>."""
+    db_dir = root / DB
+    db_dir.mkdir(parents=True)
+    files = {"r1.hea": b"r1 1 360 10\n", "r1.dat": b"\x00" * 20, "r2.hea": b"r2 1 360 10\n",
+             "r2.dat": b"\x01" * 20, "RECORDS": b"r1\nr2\n"}
+    for name, data in files.items():
+        (db_dir / name).write_bytes(data)
+    (db_dir / "SHA256SUMS").write_text(
+        "".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in files.items()))
+    return root
 
 
 def describe(mirror: Path | None, env: dict | None = None) -> dict:
@@ -20,7 +35,7 @@ def test_description_follows_the_mirror(tmp_path: Path) -> None:
     assert first["source"] == "mirror" and first["manifest"] == "SHA256SUMS"
     assert describe(mirror) == first  # stable when nothing changed
     db = mirror / DB
-    (db / "RECORDS").write_text("r1\nr2\n")
+    (db / "RECORDS").write_text("r1\n")
     second = describe(mirror)
     assert second["records_sha256"] != first["records_sha256"]
     (db / "SHA256SUMS").write_text((db / "SHA256SUMS").read_text() + "\n")

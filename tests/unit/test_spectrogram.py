@@ -10,15 +10,9 @@ from scipy import ndimage
 
 from data_prep import layout
 from data_prep.params import parse_section
-from data_prep.spectrogram import (
-    SpectrogramParams,
-    _resize,
-    main,
-    plan,
-    run,
-    spectrogram_images,
-)
-from tests.repo_params import committed_params
+from data_prep.spectrogram import main, run
+from data_prep.stft import SpectrogramParams, _resize, plan, spectrogram_images
+from tests.helpers import committed_params
 
 FS = 250.0
 L = 625  # 2.5 s windows, as the segment stage writes them for mitdb

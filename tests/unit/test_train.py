@@ -16,23 +16,10 @@ from pipeline import train
 from pipeline.freeze import apply_freeze
 from pipeline.models import build_model
 from pipeline.weights import resolve_weights
-from tests.repo_params import committed_params
-from tests.unit.test_data import CLASSES, write_synthetic
+from tests.helpers import QUICK, committed_params, make_params
+from tests.synthetic import CLASSES, write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
-QUICK = {"weights": "random", "epochs": 2, "batch_size": 8, "device": "cpu", "warmup_epochs": 0.5}
-
-
-
-def make_params(**overrides) -> train.TrainParams:
-    """The repository's train params with test overrides (so params.yaml is tested too)."""
-    section = committed_params()["train"]
-    return train.TrainParams.model_validate({**section, **QUICK, **overrides})
-
-
-@pytest.fixture()
-def folders(tmp_path: Path) -> tuple[Path, Path]:
-    return write_synthetic(tmp_path)
 
 
 def test_repository_params_parse_and_dvc_stage_tracks_every_run_param():
