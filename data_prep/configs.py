@@ -77,6 +77,17 @@ class DatabaseConfig(StrictModel):
             raise ValueError(f"default_split '{self.default_split}' is none of {known}")
         return self
 
+    def check_label_mode(self, mode: str, database: str) -> None:
+        """Fails early when the config says the database has no labels of this shape."""
+        if self.label_modes and mode not in self.label_modes:
+            raise ValueError(f"segment.label_mode '{mode}': configs/databases/{database}.yaml "
+                             f"says the database has labels for {self.label_modes} only; set "
+                             "segment.label_mode to one of them (or add the mode to label_modes)")
+
+    def lead_preference(self, leads: list[str]) -> list[str]:
+        """segment.leads, then the database's own lead names not already listed."""
+        return [*leads, *(lead for lead in self.leads if lead not in leads)]
+
     def resolve_split(self, definition: str) -> str:
         """`split.definition: default` -> the database's default_split, else "random"."""
         if definition != "default":

@@ -31,6 +31,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from data_prep.checksums import find_manifest, parse_manifest, verify_files
+from data_prep.cli import run_main
 from data_prep.layout import (
     ENV_MIRROR,
     FETCH_JSON,
@@ -285,4 +286,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

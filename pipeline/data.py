@@ -183,7 +183,8 @@ class SpectrogramDataset(Dataset):
         record = self.records[i]
         shard = self._shards.get(record)
         if shard is None:
-            shard = self._shards[record] = load_shard(self.spectrograms, record, mmap=True)
+            shard = load_shard(self.spectrograms, record, mmap=True, stage="spectrogram")
+            self._shards[record] = shard
         return torch.from_numpy(np.array(shard[self.rows[i]])), int(self.targets[i])
 
     def __getstate__(self) -> dict:

@@ -36,6 +36,7 @@ from pipeline.checkpoint import Checkpointer
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[list[dict[str, float]]], None]
+Gather = Callable[[torch.Tensor], torch.Tensor]  # one rank's rows -> every rank's (distributed)
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ class _Loop:
     device: torch.device
     prepare: nn.Module | None
     step: int = 0
+    gather: Gather = field(default=lambda t: t)  # `distributed.gather` in data-parallel runs
 
 
 def train_epoch(loop: _Loop, loader: DataLoader, desc: str) -> dict[str, float]:
@@ -242,8 +244,11 @@ def train_epoch(loop: _Loop, loader: DataLoader, desc: str) -> dict[str, float]:
         logits_all.append(logits.detach().float())
         targets_all.append(y)
         bar.set_postfix(loss=f"{total_loss / count:.4f}")
-    metrics = classification_metrics(torch.cat(logits_all), torch.cat(targets_all))
-    metrics["loss"] = total_loss / max(count, 1)  # the optimised objective, not plain CE
+    metrics = classification_metrics(loop.gather(torch.cat(logits_all)),
+                                     loop.gather(torch.cat(targets_all)))
+    sums = torch.tensor([[total_loss, count]], dtype=torch.float64)
+    loss_sum, seen = loop.gather(sums).sum(0).tolist()
+    metrics["loss"] = loss_sum / max(seen, 1)  # the optimised objective, not plain CE
     return metrics
 
 
@@ -259,6 +264,7 @@ def fit(
     class_weights: torch.Tensor | None = None,
     sampler_generator: torch.Generator | None = None,
     on_epoch_end: EpochCallback | None = None,
+    gather: Gather | None = None,
 ) -> FitResult:
     """Trains `module`, resuming from `checkpointer` when it holds this run's last epoch.
 
@@ -274,6 +280,8 @@ def fit(
         class_weights: per-class loss weights (weighted loss), or None.
         sampler_generator: the training sampler's generator, re-seeded every epoch.
         on_epoch_end: called with the history so far after each epoch's checkpoint is written.
+        gather: concatenates every process's logits/targets (`distributed.gather`) so that the
+            metrics of a data-parallel run cover all of its batches; None in one process.
 
     Returns:
         The history and the best epoch; the module is left with the best epoch's weights.
@@ -287,6 +295,8 @@ def fit(
     scheduler = make_scheduler(optimizer, cfg, len(train_loader))
     criterion = WeightedCrossEntropy(class_weights, cfg.label_smoothing).to(device)
     loop = _Loop(module, optimizer, scheduler, criterion, device, prepare)
+    if gather is not None:
+        loop.gather = gather
     result = FitResult()
     state = checkpointer.load(module, optimizer)
     if state is not None:
@@ -328,7 +338,7 @@ def _run_epoch(
     lr = max(g["lr"] for g in loop.optimizer.param_groups)  # the head's, at the epoch's start
     train = train_epoch(loop, train_loader, desc=f"epoch {epoch + 1}/{epochs}")
     logits, targets = predict(loop.module, val_loader, loop.device, loop.prepare, "val")
-    val = classification_metrics(logits, targets)
+    val = classification_metrics(loop.gather(logits), loop.gather(targets))
     row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train.items()}}
     row |= {f"val_{k}": v for k, v in val.items()} | {"lr": lr}
     log.info(

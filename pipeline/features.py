@@ -82,6 +82,16 @@ def extract_features(
     return torch.cat(feats), torch.cat(targets)
 
 
+def cache_files(folder: Path, split: str) -> tuple[Path, Path]:
+    """The features and targets files of one split in a cache folder."""
+    return folder / f"{split}.features.npy", folder / f"{split}.targets.npy"
+
+
+def is_cached(folder: Path, split: str) -> bool:
+    """Whether a split's cache entry is complete (features are written last)."""
+    return all(path.is_file() for path in cache_files(folder, split))
+
+
 def cached_features(
     folder: Path,
     split: str,
@@ -100,8 +110,8 @@ def cached_features(
         A `TensorDataset` of (features, targets), features in the storage dtype (float16 halves
         RAM and host-to-device traffic; `engine.model_input` casts batches to float32).
     """
-    feat_path, target_path = folder / f"{split}.features.npy", folder / f"{split}.targets.npy"
-    if feat_path.is_file() and target_path.is_file():
+    feat_path, target_path = cache_files(folder, split)
+    if is_cached(folder, split):
         log.info("cached %s features: %s", split, feat_path)
         feats = np.load(feat_path)
         targets = np.load(target_path)

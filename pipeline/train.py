@@ -17,6 +17,9 @@ params from the `train:` section of params.yaml. Writes to `models/<run>/`:
 Run: `python -m pipeline.train --params params.yaml --backbone vgg16.tv_in1k --freeze frozen
 --spectrograms data/spectrograms --splits data/splits --out models/vgg16.tv_in1k-frozen`
 (dvc.yaml runs it for every backbone x freeze mode in `train.backbones` x `train.freeze_modes`).
+With `train.nproc` > 1 it restarts itself under `torchrun --standalone` with that many
+data-parallel processes (several nodes: start torchrun yourself, docs/cluster.md); see
+`pipeline.distributed`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import hashlib
 import logging
 import platform
+import sys
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -40,9 +44,10 @@ import torch
 from pydantic import Field, model_validator
 from torch.utils.data import Dataset
 
+from data_prep.cli import run_main
 from data_prep.layout import atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
-from pipeline import data, features, run_tracking
+from pipeline import data, distributed, features, run_tracking
 from pipeline.checkpoint import Checkpointer, save_weights
 from pipeline.engine import EpochCallback, FitConfig, FitResult, fit, resolve_device
 from pipeline.freeze import FreezeReport, apply_freeze, feature_extractor, param_groups
@@ -56,7 +61,8 @@ log = logging.getLogger(__name__)
 FreezeMode = Literal["frozen", "partial", "full"]
 MATRIX_KEYS = ("backbones", "freeze_modes")  # choose the DVC matrix runs, not one run's result
 CODE_MODULES = ("train", "engine", "checkpoint", "data", "features", "transforms", "models",
-                "freeze")  # the pipeline modules in the DVC stage's deps
+                "freeze", "distributed")  # the pipeline modules in the DVC stage's deps
+LAUNCH_KEYS = ("nproc",)  # how many processes, not what is trained: a run resumes with any
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "train_macro_f1",
                    "val_loss", "val_acc", "val_macro_f1", "lr")
 
@@ -100,6 +106,7 @@ class TrainParams(StrictModel):
     feature_cache_dir: str | None = None
     feature_dtype: Literal["float16", "float32"]
     augment: AugmentParams
+    nproc: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
@@ -151,7 +158,7 @@ def run(
     frame = data.load_split_index(spectrograms, splits, classes)
     frame = data.cap_per_class(frame, params.max_per_class, params.seed)
     frames = {split: data.split_frame(frame, split, splits) for split in ("train", "val")}
-    device = resolve_device(params.device)
+    device = distributed.device_of_rank(resolve_device(params.device))
     setup = _build(params, backbone, freeze, len(classes), int(meta["image_size"]))
     cached = freeze == "frozen" and params.cache_features
     if cached and setup.prepare.augment.enabled:
@@ -161,7 +168,8 @@ def run(
         )
     data_version = features.data_fingerprint(spectrograms, splits, frame)
     fingerprint = features.cache_key(
-        params=params.model_dump(exclude=set(MATRIX_KEYS)), backbone=backbone, freeze=freeze,
+        params=params.model_dump(exclude={*MATRIX_KEYS, *LAUNCH_KEYS}), backbone=backbone,
+        freeze=freeze,
         data=data_version, weights=setup.weights_id, spec=setup.spec, code=_code_version(),
     )
     targets = frames["train"]["target"].to_numpy()
@@ -180,17 +188,21 @@ def run(
         "data_fingerprint": data_version, "fingerprint": fingerprint,
         "class_weights": weight.tolist() if weight is not None else None,
         "counts": _counts(frame, classes), "cached_features": cached, "versions": _versions(),
+        "processes": distributed.ranks().world,
     }
-    with _tracked(tracking_params, out, resolved) as run_id:
+    main = distributed.is_main()  # only rank 0 writes the run folder and logs to MLflow
+    with _tracked(tracking_params if main else None, out, resolved) as run_id:
         train_sets = _train_sets(params, setup, backbone, spectrograms, frames, device, cached,
                                  data_version, out)
         result = _fit(params, freeze, setup.model, train_sets, targets, device, weight,
-                      Checkpointer(out / CHECKPOINT, fingerprint), out / HISTORY,
+                      distributed.MainOnlyCheckpointer(out / CHECKPOINT, fingerprint),
+                      out / HISTORY if main else None,
                       run_tracking.epoch_logger(run_id) if run_id else None)
-        save_weights(setup.model, out / MODEL)  # no metadata: its order varies, bytes would too
         metrics = _metrics(result, frames, time.monotonic() - started)
-        write_json(out / METRICS, metrics)
-        write_json(out / RESOLVED, resolved)
+        if main:  # no metadata in the weights: its order varies, the bytes would too
+            save_weights(setup.model, out / MODEL)
+            write_json(out / METRICS, metrics)
+            write_json(out / RESOLVED, resolved)
         if run_id:
             run_tracking.log_train_outputs(run_id, metrics, [out / RESOLVED, out / HISTORY])
     log.info("wrote %s: best val macro-F1 %.4f at epoch %d",
@@ -245,7 +257,7 @@ def _train_sets(
     setup.model.to(device).eval()
     if device.type == "cuda":
         setup.model.to(memory_format=torch.channels_last)
-    feature_sets = features.feature_datasets(
+    feature_sets = distributed.feature_datasets(
         feature_fn,
         {s: data.SpectrogramDataset(spectrograms, df) for s, df in frames.items()},
         Path(params.feature_cache_dir or out / FEATURES) / f"{backbone}-{key}",
@@ -265,29 +277,37 @@ def _fit(
     device: torch.device,
     weight: torch.Tensor | None,
     checkpointer: Checkpointer,
-    history: Path,
+    history: Path | None,
     on_epoch_end: EpochCallback | None = None,
 ) -> FitResult:
     """Loaders, optimiser groups and the training loop; history.csv (and `on_epoch_end`,
-    e.g. MLflow logging) after every epoch."""
+    e.g. MLflow logging) after every epoch; `history` None writes none (ranks other than 0).
+
+    Under torchrun each process loads its share of every global batch of `train.batch_size`
+    and the module trains in DistributedDataParallel (`pipeline.distributed`)."""
     gen = torch.Generator().manual_seed(params.seed)
     sampler = data.train_sampler(targets, params.imbalance == "balanced_sampler", gen)
     loaders = {
         split: data.make_loader(
-            ds, params.batch_size, device, params.seed, num_workers=train_sets.workers,
-            batch_index=train_sets.batch_index, sampler=sampler if split == "train" else None,
+            ds, distributed.local_batch(params.batch_size), device, params.seed,
+            num_workers=train_sets.workers, batch_index=train_sets.batch_index,
+            sampler=distributed.sharded_sampler(sampler, ds, params.batch_size)
+            if split == "train" else distributed.sharded_sampler(None, ds, None),
         )
         for split, ds in train_sets.sets.items()
     }
     cfg = _fit_config(params, freeze)
     layer_decay = params.layer_decay if freeze != "frozen" else None  # one head: no layers
     result = fit(
-        train_sets.module, param_groups(model, cfg.lr, cfg.weight_decay, layer_decay),
+        distributed.wrap(train_sets.module, device),
+        param_groups(model, cfg.lr, cfg.weight_decay, layer_decay),
         loaders["train"], loaders["val"], cfg, device, checkpointer,
         prepare=train_sets.prepare, class_weights=weight, sampler_generator=gen,
-        on_epoch_end=partial(_after_epoch, history, on_epoch_end),
+        on_epoch_end=partial(_after_epoch, history, on_epoch_end) if history is not None else None,
+        gather=distributed.gather,
     )
-    write_history(history, result.history)
+    if history is not None:
+        write_history(history, result.history)
     return result
 
 
@@ -381,10 +401,14 @@ def main(argv: list[str] | None = None) -> None:
     tracking_params = run_tracking.load_tracking(args.params)
     backbone = args.backbone or params.backbones[0]
     freeze = args.freeze or params.freeze_modes[0]
-    run(params, backbone, freeze, per_database(args.spectrograms, args.params, "data/spectrograms"),
-        per_database(args.splits, args.params, "data/splits"),
-        per_database(args.out, args.params, "models", f"{backbone}-{freeze}"), tracking_params)
+    distributed.relaunch_under_torchrun(params.nproc, "pipeline.train",
+                                        sys.argv[1:] if argv is None else argv)
+    with distributed.session(params.device):  # joins torchrun's process group, if any
+        run(params, backbone, freeze,
+            per_database(args.spectrograms, args.params, "data/spectrograms"),
+            per_database(args.splits, args.params, "data/splits"),
+            per_database(args.out, args.params, "models", f"{backbone}-{freeze}"), tracking_params)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

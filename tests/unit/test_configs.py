@@ -111,8 +111,8 @@ def test_without_config_each_record_is_its_own_subject_loudly(
     index.loc[index.record.isin(["a2", "b2"]) & (index.row % 3 == 0), "label"] = "V"
     layout.write_index(tmp_path / "seg" / layout.INDEX, index)
     summary = split.run(DatasetParams(name="newdb"),
-                        split.SplitParams(definition="default", val_fraction=0.2,
-                                          test_fraction=0.2, seed=1),
+                        split.SplitParams(definition="default", folds=2, val_fold=0,
+                                          require_in_val=["N"], test_fraction=0.2, seed=1),
                         tmp_path / "seg", tmp_path / "splits", empty)
     assert summary["definition"] == "random"
     assert "EACH RECORD IS TAKEN AS ITS OWN SUBJECT" in summary["warnings"][0]

@@ -1,38 +1,34 @@
-"""The workspace's params.yaml, whatever values an experiment left in it, parses for every stage.
-
-Tests that build on the defaults read the committed file instead (tests/helpers.py).
-"""
+"""params: strict sections, unknown top-level sections and keys with real suggestions."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
-from data_prep.fetch import FetchParams
-from data_prep.params import DatasetParams, StrictModel, load_section
-from data_prep.segment import SegmentParams
-from data_prep.spectrogram import SpectrogramParams
-from data_prep.split import SplitParams
-from pipeline.evaluate import EvaluateParams
-from pipeline.export import ExportParams
-from pipeline.run_tracking import TrackingParams
-from pipeline.train import TrainParams
-from tests.helpers import REPO, committed_params
-
-SECTIONS: dict[str, type[StrictModel]] = {
-    "dataset": DatasetParams, "fetch": FetchParams, "segment": SegmentParams,
-    "split": SplitParams, "spectrogram": SpectrogramParams, "train": TrainParams,
-    "tracking": TrackingParams, "evaluate": EvaluateParams, "export": ExportParams,
-}
+from data_prep.params import PARAMS_SECTIONS, DatasetParams, load_section, parse_section
+from tests.conftest import REPO
 
 
-@pytest.mark.parametrize("section", SECTIONS)
-def test_workspace_params_parse(section: str) -> None:
-    load_section(section, SECTIONS[section], REPO / "params.yaml")
+def test_every_section_of_the_repository_params_is_known() -> None:
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(data) <= set(PARAMS_SECTIONS)
 
 
-def test_committed_params_hold_every_section_and_the_product_defaults() -> None:
-    data = committed_params()
-    assert set(SECTIONS) <= set(data)
-    assert data["train"]["backbones"] == ["vgg16.tv_in1k"]
-    data["train"]["backbones"] = ["changed"]  # callers get a copy
-    assert committed_params()["train"]["backbones"] == ["vgg16.tv_in1k"]
+def test_unknown_top_level_section_fails_with_the_close_name(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"dataset": {"name": "mitdb"}, "segmnet": {"leads": ["II"]}}))
+    with pytest.raises(ValueError, match=rf"{path}: unknown section\(s\) 'segmnet' "
+                                         r"\(did you mean segment\?\)"):
+        load_section("dataset", DatasetParams, path)
+
+
+def test_unknown_key_suggests_the_field_it_resembles() -> None:
+    with pytest.raises(ValueError, match=r"\[dataset\].*nmae: .*\(did you mean name\?\)"):
+        parse_section({"dataset": {"nmae": "mitdb"}}, "dataset", DatasetParams)
+
+
+def test_other_yaml_files_are_not_checked_as_params() -> None:
+    assert parse_section({"label_map": {"name": "x"}, "other": 1}, "label_map",
+                         DatasetParams).name == "x"
