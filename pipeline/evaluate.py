@@ -12,6 +12,10 @@ Reads `models/<run>/` (model.safetensors, resolved_config.json, mlflow_run.json)
 - `metrics.json`: `{split: metrics tree}`, every metric with record-bootstrap intervals and the
   caveats (e.g. classes with fewer than 30 examples); read by export, not a DVC metric;
 - `confusion_test.csv`: actual,predicted per test image, for DVC's confusion template;
+- record and rhythm label modes: `metrics.json` also holds `record_level` per split (window
+  probabilities averaged per record: per-class F1 and the challenge-style mean F1, see
+  `pipeline.record_level`), `headline.json` its `record_mean_f1`, and
+  `details/<split>/record_predictions.csv` one row per record;
 - `details/`: `classification_report_<split>.txt` / `.json`, `notes.md`,
   `evaluation_config.json` and per split `<split>/`: confusion matrix (PNG with counts and
   row-normalised; CSVs of both), ROC / PR / reliability PNGs and CSVs, per-record (EC57) and
@@ -43,9 +47,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from data_prep.cli import run_main
-from data_prep.layout import META, PREVIEW, atomic_path, write_json
+from data_prep.layout import META, PREVIEW, SEGMENTS_META, atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
-from pipeline import data, plots, run_tracking
+from pipeline import data, plots, record_level, run_tracking
 from pipeline.engine import autocast, model_input, resolve_device
 from pipeline.metrics import Evaluation, evaluate, headline, nan_to_none
 from pipeline.report_folder import (
@@ -155,7 +159,9 @@ def run(
         with atomic_path(out / PREDICTIONS) as tmp:
             predictions.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
         results = evaluate_predictions(predictions, classes, params.n_boot, params.seed)
-        metrics = _write_reports(results, predictions, out, available)
+        label_mode = data.read_meta(spectrograms).get(SEGMENTS_META, {}).get("label_mode")
+        metrics = _write_reports(results, predictions, out, available,
+                                 by_record=label_mode in record_level.RECORD_LABEL_MODES)
         info = _config(params, model_dir, resolved, device, available, run_id)
         write_json(out / DETAILS / CONFIG, info)
         _write_notes(out / DETAILS / NOTES, info, results)
@@ -190,9 +196,10 @@ def _split_frames(
 
 def _write_reports(
     results: dict[str, Evaluation], predictions: pd.DataFrame, out: Path,
-    available: dict[str, int],
+    available: dict[str, int], by_record: bool = False,
 ) -> dict:
-    """Per split: classification reports, figures and tables; then metrics.json."""
+    """Per split: classification reports, figures and tables; then metrics.json. `by_record`
+    (record and rhythm modes) adds record-level results (`pipeline.record_level`)."""
     metrics = {}
     for split, ev in results.items():
         part = predictions[predictions["split"] == split]
@@ -214,10 +221,20 @@ def _write_reports(
         # a capped (quick-profile) evaluation must never pass for the full split's result
         metrics[split] = {**nan_to_none(ev.metrics_tree()), "subset": len(part) < available[split],
                           "n_available": available[split], "caveats": list(ev.notes)}
+        if by_record:
+            records = record_level.aggregate(part, ev.class_names)
+            plots.table_csv(records, folder / "record_predictions.csv")
+            metrics[split]["record_level"] = record_level.scores(records, ev.class_names)
     write_json(out / METRICS, metrics)
-    write_json(out / HEADLINE, {split: nan_to_none(headline(tree, results[split].class_names))
+    write_json(out / HEADLINE, {split: nan_to_none(_headline(tree, results[split].class_names))
                                 for split, tree in metrics.items()})
     return metrics
+
+
+def _headline(tree: dict, classes: list[str]) -> dict:
+    """`metrics.headline`, plus the record-level mean F1 in record and rhythm modes."""
+    by_record = tree.get("record_level")
+    return headline(tree, classes) | ({"record_mean_f1": by_record["mean_f1"]} if by_record else {})
 
 
 def _config(
