@@ -14,7 +14,8 @@ from data_prep import layout
 from pipeline import bundle, evaluate, export, predict, run_tracking, tracking
 from pipeline.checkpoint import load_weights
 from tests.conftest import free_port
-from tests.unit.test_export import built, export_params, stage_params  # noqa: F401
+from tests.helpers import export_params
+from tests.tiny_pipeline import stage_params
 
 
 def _truncate(path: Path, keep: float = 0.5) -> None:
@@ -22,7 +23,7 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
     path.write_bytes(data[: int(len(data) * keep)])
 
 
-def test_truncated_shard_names_the_file_and_the_stage(built, tmp_path):  # noqa: F811
+def test_truncated_shard_names_the_file_and_the_stage(built, tmp_path):
     spectrograms = tmp_path / "spectrograms"
     shutil.copytree(built["spectrograms"], spectrograms)
     shard = layout.shard_path(spectrograms, "r3")
@@ -33,7 +34,7 @@ def test_truncated_shard_names_the_file_and_the_stage(built, tmp_path):  # noqa:
         layout.load_shard(spectrograms, "r3", stage="segment")
 
 
-def test_failed_evaluate_keeps_a_finished_run_finished(built, tmp_path, monkeypatch):  # noqa: F811
+def test_failed_evaluate_keeps_a_finished_run_finished(built, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a sqlite store writes its artifacts to ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv(tracking.URI_ENV, uri)
@@ -56,7 +57,7 @@ def test_failed_evaluate_keeps_a_finished_run_finished(built, tmp_path, monkeypa
     assert "truncated" in run.data.tags["last_error"]
 
 
-def test_truncated_weights_name_the_file(built, tmp_path):  # noqa: F811
+def test_truncated_weights_name_the_file(built, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(built["model"], model)
     _truncate(model / "model.safetensors")
@@ -66,7 +67,7 @@ def test_truncated_weights_name_the_file(built, tmp_path):  # noqa: F811
     assert load_weights  # the function that checks it, shared by train's resume
 
 
-def test_altered_onnx_is_refused(built, tmp_path):  # noqa: F811
+def test_altered_onnx_is_refused(built, tmp_path):
     folder = tmp_path / "bundle"
     shutil.copytree(built["bundle"], folder)
     onnx = folder / bundle.MODEL_ONNX
@@ -77,7 +78,7 @@ def test_altered_onnx_is_refused(built, tmp_path):  # noqa: F811
         predict.load_bundle(folder)
 
 
-def test_truncated_bundle_json_names_the_file(built, tmp_path):  # noqa: F811
+def test_truncated_bundle_json_names_the_file(built, tmp_path):
     folder = tmp_path / "bundle"
     shutil.copytree(built["bundle"], folder)
     _truncate(folder / bundle.BUNDLE_JSON)
@@ -86,7 +87,7 @@ def test_truncated_bundle_json_names_the_file(built, tmp_path):  # noqa: F811
         predict.load_bundle(folder)
 
 
-def test_export_checks_the_tracking_server_first(built, tmp_path, monkeypatch):  # noqa: F811
+def test_export_checks_the_tracking_server_first(built, tmp_path, monkeypatch):
     monkeypatch.setenv(tracking.URI_ENV, f"http://127.0.0.1:{free_port()}")
     monkeypatch.setattr(export, "_stage_params", lambda *a: pytest.fail("work before the check"))
     out = tmp_path / "export" / "run"
@@ -97,7 +98,7 @@ def test_export_checks_the_tracking_server_first(built, tmp_path, monkeypatch): 
     assert not out.parent.exists() or not list(out.parent.iterdir())
 
 
-def test_export_removes_what_an_interrupted_export_left(built, tmp_path):  # noqa: F811
+def test_export_removes_what_an_interrupted_export_left(built, tmp_path):
     out = tmp_path / "export" / "run"
     stale = out.parent / ".run.k1ll3d"
     (stale / "partial").mkdir(parents=True)

@@ -14,8 +14,8 @@ import pytest
 
 from pipeline import predict
 from tests import odd_records
+from tests.helpers import REPO
 from tests.synthetic import write_record, write_records_file
-from tests.unit.test_export import REPO, built  # noqa: F401 (session fixture)
 
 STATUSES = {"ok", "record_edge", "annotation_past_end", "nan_samples", "flat",
             "shorter_than_window", "no_beats", "all_nan", "signal_error", "record_error"}
@@ -32,7 +32,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def table(built, corpus) -> pd.DataFrame:  # noqa: F811
+def table(built, corpus) -> pd.DataFrame:
     return predict.load_bundle(built["bundle"]).predict_folder(corpus)
 
 
@@ -63,7 +63,7 @@ def test_odd_but_valid_records_are_classified_at_the_right_beats(table) -> None:
     assert np.allclose(np.diff(rate["time_s"]), 0.8, atol=0.01)  # beats every 0.8 s, in time
 
 
-def test_detector_finds_the_beats_of_a_1000_hz_record(built, tmp_path) -> None:  # noqa: F811
+def test_detector_finds_the_beats_of_a_1000_hz_record(built, tmp_path) -> None:
     odd_records.at_1000_hz(tmp_path, "k")
     table = predict.load_bundle(built["bundle"]).predict_record(tmp_path / "k", annotator=None)
     assert (table["beat_source"] == "detector").all()
@@ -83,7 +83,7 @@ def test_bad_records_are_reported_with_their_cause(table) -> None:
     assert _status(table, "flat") <= {"flat", "no_beats", "record_edge"}
 
 
-def test_an_unexpected_error_is_one_record_error_row(built, corpus, monkeypatch) -> None:  # noqa: F811
+def test_an_unexpected_error_is_one_record_error_row(built, corpus, monkeypatch) -> None:
     bundle = predict.load_bundle(built["bundle"])
     real = bundle.predict_record
 
@@ -104,7 +104,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_cli_over_the_corpus_writes_every_record_without_traceback(built, corpus,  # noqa: F811
+def test_cli_over_the_corpus_writes_every_record_without_traceback(built, corpus,
                                                                    tmp_path) -> None:
     out = tmp_path / "p.csv"
     done = _cli("--bundle", str(built["bundle"]), str(corpus), str(corpus / "truncann"),
@@ -117,7 +117,7 @@ def test_cli_over_the_corpus_writes_every_record_without_traceback(built, corpus
     assert len(single) == 2 and set(single["status"]) == {"record_error"}  # folder + single
 
 
-def test_cli_exits_non_zero_with_one_line_when_nothing_is_classified(built, corpus,  # noqa: F811
+def test_cli_exits_non_zero_with_one_line_when_nothing_is_classified(built, corpus,
                                                                      tmp_path) -> None:
     out = tmp_path / "p.csv"
     done = _cli("--bundle", str(built["bundle"]), str(corpus / "baddate"),

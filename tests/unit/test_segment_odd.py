@@ -9,8 +9,8 @@ import pytest
 
 from data_prep import layout, segment
 from tests import odd_records
+from tests.helpers import segment_params as make_params
 from tests.synthetic import write_record, write_records_file
-from tests.unit.test_segment import make_params
 
 
 def _db(tmp_path: Path, builders: dict[str, object]) -> Path:
