@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import wfdb
 from wfdb.io import download
 from wfdb.io._url import NetFileError, NetFileNotFoundError
 
-from data_prep import layout, signals
+from data_prep import layout, signals, wfdb_files
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +33,7 @@ class PhysioNetUnreachable(ConnectionError):
     """physionet.org could not be reached (no network, DNS, proxy, server error)."""
 
 
-HEADER_FIX = "the header does not follow the WFDB header format; correct or replace the file"
-TOLERANT_HINT = "or set segment.tolerant_headers: true to read it without its date/time fields"
 DETECT_FS = 250.0  # XQRS's thresholds are tuned near 250-360 Hz; at 1000 Hz it finds nothing
-ANN_EOF = 0  # the 16-bit word that ends every WFDB annotation file
-ANN_SKIP, ANN_AUX = 59, 63  # codes followed by extra words: a 32-bit interval, an aux string
 
 
 @dataclass(frozen=True)
@@ -87,52 +82,6 @@ def _reading(record: str, path: Path | str, fix: str) -> Iterator[None]:
         ) from None
 
 
-def _header_problem(record: str, path: Path, err: Exception, tolerant: bool) -> ValueError:
-    """A header wfdb cannot parse: names the field when wfdb's message shows it."""
-    text = str(err)
-    field = next((name for key, name in (("%d/%m/%Y", "base_date field"),
-                                         ("%H:%M:%S", "base_time field"),
-                                         ("signal line", "signal line"))
-                  if key in text), "record line")
-    hint = f", {TOLERANT_HINT}" if field.startswith("base_") and not tolerant else ""
-    return ValueError(f"record {record}: cannot read {path}: its {field} does not parse "
-                      f"({type(err).__name__}: {err}); {HEADER_FIX}{hint}")
-
-
-def _header_lines(path: Path) -> tuple[list[str], int]:
-    """A header's lines and the index of its record line (the first that is not a comment)."""
-    lines = path.read_text(errors="replace").splitlines()
-    return lines, next(i for i, line in enumerate(lines) if line.strip() and line[0] != "#")
-
-
-def _named_files(folder: Path, header: Path, depth: int = 1) -> set[str]:
-    """Files a header names (signal files, segment headers and theirs), that exist in `folder`."""
-    lines, at = _header_lines(header)
-    names = {line.split()[0] for line in lines[at + 1:] if line.strip() and line[0] != "#"}
-    found = {n for n in names if (folder / n).is_file()}
-    for segment in (n for n in names if (folder / f"{n}.hea").is_file()):
-        found.add(f"{segment}.hea")
-        if depth:
-            found |= _named_files(folder, folder / f"{segment}.hea", depth - 1)
-    return found
-
-
-@contextmanager
-def _without_date(record_dir: Path, record: str) -> Iterator[str]:
-    """The record as wfdb can read it after dropping the record line's time and date fields:
-    a corrected header in a temporary folder beside links to the files it names."""
-    header = Path(record_dir) / f"{record}.hea"
-    lines, at = _header_lines(header)
-    lines[at] = " ".join(lines[at].split()[:4])  # name[/segments] n_sig fs n_samples
-    with tempfile.TemporaryDirectory(prefix="wfdb-header-") as tmp:
-        base = Path(tmp) / Path(record).name
-        for name in _named_files(header.parent, header):
-            (base.parent / name).parent.mkdir(parents=True, exist_ok=True)
-            (base.parent / name).symlink_to((header.parent / name).resolve())
-        base.with_name(f"{base.name}.hea").write_text("\n".join(lines) + "\n")
-        yield str(base)
-
-
 @contextmanager
 def _record(record_dir: Path, record: str, tolerant: bool) -> Iterator[tuple[str, tuple]]:
     """The path to give wfdb for a record, and the header fields dropped to make it readable.
@@ -149,16 +98,16 @@ def _record(record_dir: Path, record: str, tolerant: bool) -> Iterator[tuple[str
         raise FileNotFoundError(f"record {record}: {path} not found; {REFETCH}") from None
     except Exception as err:  # wfdb raises ValueError, IndexError... on a malformed header
         if not tolerant:
-            raise _header_problem(record, path, err, tolerant) from None
+            raise wfdb_files.header_problem(record, path, err, tolerant) from None
         dropped, problem = ("base_time", "base_date"), err
     if not dropped:
         yield base, dropped
         return
-    with _without_date(record_dir, record) as fixed:
+    with wfdb_files.without_date(record_dir, record) as fixed:
         try:
             wfdb.rdheader(fixed)
         except Exception:  # not (only) the date/time: report the original problem
-            raise _header_problem(record, path, problem, tolerant) from None
+            raise wfdb_files.header_problem(record, path, problem, tolerant) from None
         log.info("record %s: %s read without its date/time fields", record, path)
         yield fixed, dropped
 
@@ -187,16 +136,13 @@ def read_header(record_dir: Path, record: str, *, tolerant: bool = False) -> Hea
     """
     path = Path(record_dir) / f"{record}.hea"
     with _record(record_dir, record, tolerant) as (base, dropped), \
-            _reading(record, path, HEADER_FIX):
+            _reading(record, path, wfdb_files.HEADER_FIX):
         head = wfdb.rdheader(base)
         n_samples = head.sig_len
         if n_samples is None:  # optional in the header format: the signal file says
             n_samples = wfdb.rdrecord(base).sig_len
         names, files, spf = _signal_layout(head, base)
-    unnamed = [i for i, name in enumerate(names) if not (name or "").strip()]
-    if unnamed:
-        log.info("record %s: signals %s have no description; named sig<i>", record, unnamed)
-    names = [f"sig{i}" if i in unnamed else name for i, name in enumerate(names)]
+    names = [name if (name or "").strip() else f"sig{i}" for i, name in enumerate(names)]
     return Header(record, float(head.fs), int(n_samples), tuple(names),
                   tuple(dict.fromkeys(files)), tuple(int(n) for n in spf), dropped)
 
@@ -221,32 +167,6 @@ def read_signal(record_dir: Path, record: str, channel: int, *,
     return signal
 
 
-def annotation_complete(path: Path) -> bool:
-    """Whether an annotation file ends with its end-of-file word (WFDB annotation format).
-
-    wfdb.rdann drops the last word unread, assuming it is that marker, so a file cut short
-    reads silently with the annotations it still holds. Walking the words (SKIP and AUX carry
-    extra words) finds whether the marker is really there.
-    """
-    data = Path(path).read_bytes()
-    words = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2").tolist()
-    i = 0
-    while i < len(words):
-        word = words[i]
-        if word == ANN_EOF:
-            return True
-        code, value = word >> 10, word & 0x3FF
-        i += 3 if code == ANN_SKIP else 1 + (value + 1) // 2 if code == ANN_AUX else 1
-    return False
-
-
-def _record_fs(record_dir: Path, record: str, tolerant: bool) -> float | None:
-    try:
-        return read_header(record_dir, record, tolerant=tolerant).fs
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def read_annotations(record_dir: Path, record: str, extension: str, *,
                      tolerant: bool = False) -> Annotations:
     """Reads an annotation file (e.g. `.atr`), its samples at the record's frame rate.
@@ -262,11 +182,14 @@ def read_annotations(record_dir: Path, record: str, extension: str, *,
     fix = f"{REFETCH}, or set segment.annotator to an annotator this database has"
     with _reading(record, path, fix):
         ann = wfdb.rdann(str(Path(record_dir) / record), extension)
-        if not annotation_complete(path):
+        if not wfdb_files.annotation_complete(path):
             raise ValueError(f"the file ends before its end-of-file marker (truncated after "
                              f"{len(ann.sample)} annotations)")
     sample = np.asarray(ann.sample, dtype=np.int64)
-    record_fs = _record_fs(record_dir, record, tolerant)
+    try:
+        record_fs: float | None = read_header(record_dir, record, tolerant=tolerant).fs
+    except (FileNotFoundError, ValueError):  # annotations of a record whose header is bad
+        record_fs = None
     if ann.fs and record_fs and abs(float(ann.fs) - record_fs) > 1e-6:
         log.info("record %s: %s is at %g Hz, the record at %g Hz; samples mapped", record,
                  path.name, ann.fs, record_fs)
@@ -293,16 +216,13 @@ def detect_qrs(signal: np.ndarray, fs: float) -> np.ndarray:
     """QRS complexes of one lead with wfdb's XQRS detector, for records without beat annotations.
 
     XQRS (wfdb.processing.xqrs_detect) is a validated detector with adaptive thresholds,
-    learned from the record's first seconds; it band-passes internally, so `signal` can be
-    the raw lead. Its indices mark the detector's filtered QRS energy, not necessarily the R
-    peak where beat annotations sit: callers that centre windows on beats refine them.
-
-    Args:
-        signal: one lead in physical units, without NaN.
-        fs: its sampling rate in Hz.
+    learned from the record's first seconds; it band-passes internally, so `signal` (one lead
+    in physical units, without NaN, at `fs` Hz) can be the raw lead. It runs at DETECT_FS and
+    its indices are mapped back to `fs`; they mark the detector's filtered QRS energy, not
+    necessarily the R peak where beat annotations sit.
 
     Returns:
-        Sorted sample indices of the detected QRS complexes (possibly empty).
+        Sorted sample indices at `fs` of the detected QRS complexes (possibly empty).
     """
     from wfdb import processing  # imported on use: it pulls in extra modules at import time
 

@@ -136,14 +136,18 @@ class WeightedCrossEntropy(nn.Module):
     Normalised by the sum of the batch's weights, like torch's weighted cross-entropy. Unlike
     `nn.CrossEntropyLoss(weight=..., label_smoothing=...)`, the smoothing term is not weighted
     per class: there, a rare class's large weight pulls every sample's probability towards it.
+    Data-parallel (`gather` given): each rank divides by the mean of all ranks' weight sums, so
+    the ranks' average (what DDP's gradient is) is the weighted mean over the global batch.
     """
 
     weight: torch.Tensor | None  # a buffer, declared for type checkers
 
-    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0,
+                 gather: Gather | None = None):
         super().__init__()
         self.label_smoothing = label_smoothing
         self.register_buffer("weight", weight)
+        self.gather = gather
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = nn.functional.cross_entropy(
@@ -152,7 +156,9 @@ class WeightedCrossEntropy(nn.Module):
         if self.weight is None:
             return loss.mean()
         w = self.weight[targets]
-        return (loss * w).sum() / w.sum()
+        if self.gather is None:
+            return (loss * w).sum() / w.sum()
+        return (loss * w).sum() / self.gather(w.sum().detach().view(1)).mean()
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor,
@@ -322,7 +328,7 @@ def fit(
         prepare.to(device)
     optimizer = make_optimizer(param_groups, cfg)
     scheduler = make_scheduler(optimizer, cfg, len(train_loader))
-    criterion = WeightedCrossEntropy(class_weights, cfg.label_smoothing).to(device)
+    criterion = WeightedCrossEntropy(class_weights, cfg.label_smoothing, gather).to(device)
     loop = _Loop(module, optimizer, scheduler, criterion, device, prepare, select=cfg.select)
     if gather is not None:
         loop.gather = gather

@@ -6,11 +6,13 @@
     metrics.json           best val scores for `dvc metrics` (METRICS)
     resolved_config.json   params, classes, preprocessing spec, weights, freeze report (RESOLVED)
     mlflow_run.json        the model's MLflow run id (RUN_FILE, `pipeline.run_tracking`)
-    features/              frozen mode's cached backbone features (FEATURES)
+
+Frozen-mode backbone features live in the shared feature store (FEATURE_STORE, or
+train.feature_cache_dir; `pipeline.feature_store`), not in the run folder.
 
 Evaluate and export rebuild the model from here (`load_model`) and wrap it as the one
-uint8-images -> probabilities network (`ImageClassifier`) that evaluate logs and export
-converts to ONNX.
+(uint8 images, rhythm features) -> probabilities network (`ImageClassifier`) that evaluate logs
+and export converts to ONNX.
 """
 
 from __future__ import annotations
@@ -22,18 +24,19 @@ from torch import nn
 
 from data_prep.layout import read_json
 from pipeline.checkpoint import load_weights
-from pipeline.freeze import apply_freeze
-from pipeline.models import build_model
+from pipeline.fitting import assemble
 from pipeline.transforms import Preprocess
 from pipeline.weights import WeightsSource
 
 MODEL, HISTORY, METRICS, RESOLVED = (
     "model.safetensors", "history.csv", "metrics.json", "resolved_config.json")
-CHECKPOINT, FEATURES, RUN_FILE = "checkpoint", "features", "mlflow_run.json"
+CHECKPOINT, RUN_FILE = "checkpoint", "mlflow_run.json"
+FEATURE_STORE = ".feature_store"  # default shared store of frozen-backbone features (gitignored)
 
 
 class ImageClassifier(nn.Module):
-    """uint8 spectrograms (B, H, W) -> softmax probabilities (B, K), float32.
+    """(uint8 spectrograms (B, H, W) or (B, C, H, W), float32 raw rhythm features (B, F)) ->
+    softmax probabilities (B, K), float32. Networks without rhythm input ignore `rr` (F = 0).
 
     With `with_logits`, returns (probabilities, logits): the export bundle's two outputs.
     """
@@ -42,10 +45,31 @@ class ImageClassifier(nn.Module):
         super().__init__()
         self.preprocess, self.model, self.with_logits = preprocess, model, with_logits
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(self.preprocess(images)).float()
+    def forward(self, images: torch.Tensor,
+                rr: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(self.preprocess(images), rr).float()
         probs = torch.softmax(logits, dim=1)
         return (probs, logits) if self.with_logits else probs
+
+
+class PackedClassifier(nn.Module):
+    """`ImageClassifier` behind one float32 input (B, C*H*W + F): images then rhythm features.
+
+    MLflow's PyTorch flavour passes a single array to a model; this is the network MLflow logs
+    (and the registry serves). Pixel values 0..255 are exact in float32. Research scripts use
+    the export bundle's ONNX model, which takes the two inputs by name.
+    """
+
+    def __init__(self, classifier: ImageClassifier, image_shape: tuple[int, ...], n_rr: int):
+        super().__init__()
+        self.classifier, self.image_shape, self.n_rr = classifier, tuple(image_shape), n_rr
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        pixels = packed.shape[1] - self.n_rr
+        images = packed[:, :pixels].round().clamp(0, 255).to(torch.uint8)
+        rr = packed[:, pixels:].float()
+        out = self.classifier(images.reshape(-1, *self.image_shape), rr)
+        return out[0] if isinstance(out, tuple) else out
 
 
 def read_resolved(folder: Path) -> dict:
@@ -60,11 +84,14 @@ def load_model(folder: Path) -> tuple[nn.Module, Preprocess, dict]:
         (model in eval mode, its preprocessing, the resolved config).
     """
     resolved = read_resolved(folder)
-    spec, params = resolved["preprocessing"], resolved["params"]
-    extra = {"in_chans": 1} if spec["in_chans"] == 1 else {}
     # Random init, then every tensor is overwritten by the strict load below.
-    model = build_model(resolved["backbone"], len(resolved["classes"]),
-                        WeightsSource("random", "random"), **extra)
-    apply_freeze(model, resolved["freeze"], params["trainable_groups"], params["pre_logits"])
+    model, _, _ = assemble(resolved["backbone"], resolved["freeze"], resolved["params"],
+                           dict(resolved["model"]), len(resolved["classes"]),
+                           WeightsSource("random", "random"))
     load_weights(model, Path(folder) / MODEL)
-    return model.eval(), Preprocess.from_spec(spec), resolved
+    return model.eval(), Preprocess.from_spec(resolved["preprocessing"]), resolved
+
+
+def rhythm_names(resolved: dict) -> list[str]:
+    """The rhythm features the model takes, in input order (empty: image only)."""
+    return list(resolved.get("model", {}).get("rr_features", []))

@@ -151,6 +151,11 @@ def epoch_logger(run_id: str):
     return log_epoch
 
 
+def log_epoch(run_id: str, metrics: Mapping[str, Any], epoch: int) -> None:
+    """One epoch's metrics (names as given, e.g. fold-prefixed) with step = epoch."""
+    tracking.log_epoch_metrics(run_id, metrics, epoch)
+
+
 def log_train_outputs(run_id: str, metrics: Mapping[str, Any], files: list[Path]) -> None:
     """Final train scalars (best epoch, best val macro-F1...) and the files behind them."""
     tracking.log_final_metrics(run_id, metrics)

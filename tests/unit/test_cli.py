@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from data_prep.cli import run_main
-from tests.conftest import REPO
-from tests.helpers import committed_params
+from tests.helpers import REPO, committed_params
 
 
 def _raise(error: Exception):

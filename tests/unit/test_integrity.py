@@ -12,7 +12,6 @@ import pytest
 
 from data_prep import layout
 from pipeline import bundle, evaluate, export, predict, run_tracking, tracking
-from pipeline.checkpoint import load_weights
 from tests.conftest import free_port
 from tests.helpers import export_params
 from tests.tiny_pipeline import stage_params
@@ -64,7 +63,6 @@ def test_truncated_weights_name_the_file(built, tmp_path):
     with pytest.raises(ValueError, match=rf"{model / 'model.safetensors'}: damaged weights .*"
                                          r"re-run the train stage"):
         evaluate.load_model(model)
-    assert load_weights  # the function that checks it, shared by train's resume
 
 
 def test_altered_onnx_is_refused(built, tmp_path):
@@ -89,12 +87,12 @@ def test_truncated_bundle_json_names_the_file(built, tmp_path):
 
 def test_export_checks_the_tracking_server_first(built, tmp_path, monkeypatch):
     monkeypatch.setenv(tracking.URI_ENV, f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setattr(export, "_stage_params", lambda *a: pytest.fail("work before the check"))
+    monkeypatch.setattr(export, "recorded_preprocessing",
+                        lambda *a: pytest.fail("work before the check"))
     out = tmp_path / "export" / "run"
     with pytest.raises(tracking.TrackingServerError, match="unreachable"):
-        export.run(export_params(register_model=True), built["params"], built["model"],
-                   built["reports"], built["segments"], built["spectrograms"], out,
-                   built["splits"])
+        export.run(export_params(register_model=True), built["model"], built["reports"],
+                   built["segments"], built["spectrograms"], out, built["splits"])
     assert not out.parent.exists() or not list(out.parent.iterdir())
 
 
@@ -105,6 +103,6 @@ def test_export_removes_what_an_interrupted_export_left(built, tmp_path):
     (stale / "partial" / "model.onnx").write_bytes(b"half")
     other = out.parent / ".other.abc"
     other.mkdir()
-    export.run(export_params(), built["params"], built["model"], built["reports"],
-               built["segments"], built["spectrograms"], out, built["splits"])
+    export.run(export_params(), built["model"], built["reports"], built["segments"],
+               built["spectrograms"], out, built["splits"])
     assert sorted(p.name for p in out.parent.iterdir()) == [".other.abc", "run"]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from data_prep.params import PARAMS_SECTIONS, DatasetParams, load_section, parse_section
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_every_section_of_the_repository_params_is_known() -> None:
