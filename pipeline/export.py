@@ -249,11 +249,6 @@ def _atol(params: ExportParams, reports: Path) -> float:
     return params.parity_atol_amp
 
 
-def registered_name(params: ExportParams, database: str | None) -> str:
-    """`export.registered_name` + "-<db>": each database's models are versioned apart."""
-    return f"{params.registered_name}-{database}" if database else params.registered_name
-
-
 def _remove_leftovers(out: Path) -> None:
     """Removes the hidden work folders an interrupted export of `out` left beside it."""
     for stale in out.parent.glob(f".{out.name}.*"):
@@ -304,8 +299,8 @@ def run(params: ExportParams, model_dir: Path, reports: Path, segments: Path,
     log.info("wrote %s (parity: max |diff| %.2e on %d images)", out, parity["max_abs_diff"],
              parity["images"])
     if params.register_model:
-        run_tracking.register_bundle(model_dir, out, registered_name(
-            params, meta.get("data", {}).get("database")), params.alias)
+        run_tracking.register_bundle(model_dir, out, run_tracking.registered_name(
+            params.registered_name, meta.get("data", {}).get("database")), params.alias)
     else:
         log.info("export.register_model is false: not registering %s in MLflow", out)
     return meta

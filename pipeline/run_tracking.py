@@ -29,7 +29,8 @@ from pipeline.tracking import check_tracking_server
 log = logging.getLogger(__name__)
 
 __all__ = ["RUN_FILE", "TrackingParams", "check_tracking_server", "evaluation_run",
-           "load_tracking", "read_run_file", "register_bundle", "run_name", "train_run"]
+           "load_tracking", "read_run_file", "register_bundle", "registered_name", "run_name",
+           "train_run"]
 DVC_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for every stage command
 
 
@@ -215,6 +216,11 @@ def evaluation_run(params: TrackingParams | None, folder: Path) -> Iterator[str 
     with tracking.fail_on_error(run_id, previous_status=previous):
         yield run_id
     tracking.end_run(run_id, "FINISHED")
+
+
+def registered_name(name: str, database: str | None) -> str:
+    """`export.registered_name` + "-<db>": each database's models are versioned apart."""
+    return f"{name}-{database}" if database else name
 
 
 def register_bundle(folder: Path, bundle_dir: Path, name: str, alias: str | None) -> str:

@@ -22,8 +22,9 @@ def test_run_name_carries_database_and_dvc_experiment() -> None:
 
 def test_registered_name_carries_database() -> None:
     params = parse_section(committed_params(), "export", export.ExportParams)
-    assert export.registered_name(params, "svdb") == f"{params.registered_name}-svdb"
-    assert export.registered_name(params, None) == params.registered_name
+    name = params.registered_name
+    assert run_tracking.registered_name(name, "svdb") == f"{name}-svdb"
+    assert run_tracking.registered_name(name, None) == name
 
 
 @pytest.fixture()
