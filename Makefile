@@ -8,9 +8,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # CPU quick profile: the whole pipeline with real pretrained weights on a 2-core CPU in < 20 min
 # (a small backbone, frozen with cached features, per-class caps on training images; evaluation
 # on every test and val image; export's ONNX parity check on 2000 evenly spread test images).
-# Overrides end up in params.yaml as with any `dvc exp run`; `git checkout params.yaml` restores
-# the defaults. Add more -S overrides with QUICK_EXTRA, e.g. QUICK_EXTRA="-S train.weights=random".
+# `dvc exp run -S` writes its overrides into params.yaml (and DVC rewrites the file's layout): the
+# recipe restores the committed file afterwards, even when the run fails or is interrupted, so
+# `make test` after `make quick` sees the defaults; the overrides live on in the experiment
+# (`dvc exp show`). A previous experiment of the same name on this commit is replaced; no `-f`,
+# which would also force every stage to re-run: only stages whose inputs changed re-run.
+# Add more -S overrides with QUICK_EXTRA, e.g. QUICK_EXTRA="-S train.weights=random".
 QUICK_NAME ?= cpu-quick
+QUICK_BACKUP := .dvc/tmp/params-before-quick.yaml
 QUICK := -S 'train.backbones=[tf_mobilenetv3_small_100]' -S 'train.freeze_modes=[frozen]' \
 	-S train.max_per_class.train=1000 -S train.max_per_class.val=500 -S train.device=cpu \
 	-S export.parity_max_images=2000 $(QUICK_EXTRA)
@@ -29,7 +34,11 @@ repro: $(STAMP)
 	dvc repro
 
 quick: $(STAMP)
-	dvc exp run -f -n $(QUICK_NAME) $(QUICK)
+	mkdir -p $(dir $(QUICK_BACKUP)) && cp params.yaml $(QUICK_BACKUP)
+	trap 'cp $(QUICK_BACKUP) params.yaml && rm -f $(QUICK_BACKUP)' EXIT; trap 'exit 130' INT TERM; \
+	head=$$(git rev-parse HEAD); ref=refs/exps/$$(echo $$head | cut -c1-2)/$$(echo $$head | cut -c3-)/$(QUICK_NAME); \
+	if git show-ref -q --verify $$ref; then dvc exp remove -q $$ref; fi; \
+	dvc exp run -n $(QUICK_NAME) $(QUICK)
 
 test: $(STAMP)
 	pytest -n 2 --dist loadfile

@@ -287,7 +287,9 @@ def _context(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path,
         ref = Path(params.reference_csv or "")
         found = [p for p in (record_dir / ref, raw_dir / ref) if p.is_file()]
         reference = read_reference(found[0] if found else record_dir / ref)
+    db.check_label_mode(params.label_mode, database)
     annotator = resolve_annotator(params.annotator, db)
+    params = params.model_copy(update={"leads": db.lead_preference(params.leads)})
     beats = params.rhythm.beat_labels
     beat_symbols = frozenset(load_label_map(Path(beats)).map) if beats else frozenset()
     return Context(params, load_label_map(Path(params.label_map)), record_dir, out_dir,

@@ -34,6 +34,11 @@ CLASS_STATS = ("se", "ppv", "f1")
 # The field's headline average: N, S, V, F (Q has 7 test beats in mitdb's DS2, which estimate
 # nothing; a 5-class macro-F1 is dominated by that noise). NaN when a database lacks them.
 CORE_CLASSES = ("N", "S", "V", "F")
+# Fewer test examples than this in a class: its Se/+P/F1 and intervals are flagged as unreliable
+# (30: below it one example moves Se by more than 3 points and a bootstrap over a few records
+# collapses to intervals like [0, 0]).
+TINY_SUPPORT = 30
+AAMI_HEADLINE = CORE_CLASSES  # EC57 reports; Q (a handful of beats) stays in the detail
 
 
 @dataclass
@@ -123,7 +128,11 @@ def evaluate(
             summary[f"{stat}_ci_low"], summary[f"{stat}_ci_high"] = map(float, intervals[stat])
         for stat in CLASS_STATS:
             per_class[f"{stat}_ci_low"], per_class[f"{stat}_ci_high"] = intervals[stat]
+    notes += tiny_support_caveats(per_class["support"])
     text, report = _report(y_true, y_pred, class_names)
+    if notes:  # the report people read first says what not to trust
+        text += "\nCaveats:\n" + "".join(f"- {note}\n" for note in notes)
+        report["caveats"] = list(notes)
     return Evaluation(
         class_names=list(class_names), counts=counts, normalised=row_normalise(counts),
         summary=summary, per_class=per_class,
@@ -131,6 +140,32 @@ def evaluate(
         report_text=text, report_dict=report, roc=roc_points(y_true, probs, class_names),
         pr=pr_points(y_true, probs, class_names), reliability=reliability, notes=notes,
     )
+
+
+def tiny_support_caveats(support: pd.Series, limit: int = TINY_SUPPORT) -> list[str]:
+    """A caveat for each class with 1 to `limit - 1` examples (0 has its own note)."""
+    return [f"class {name}: only {int(n)} examples (< {limit}): its Se, +P, F1 and their "
+            "intervals rest on too few examples to be reliable"
+            for name, n in support.items() if 0 < n < limit]
+
+
+def headline(tree: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
+    """The few numbers to compare runs by (`dvc metrics show`, `dvc exp show`).
+
+    AAMI classes: accuracy, the 4-class macro-F1 over N, S, V and F (the EC57 classes; Q, a
+    handful of beats, would swing it; F1 from the full confusion, so a beat predicted Q is a
+    miss), and Se, +P, F1 of S and V. Other label sets: accuracy, macro-F1 and each class's F1.
+    """
+    out: dict[str, Any] = {"accuracy": tree.get("accuracy")}
+    if set(AAMI_HEADLINE) <= set(class_names):
+        out |= {key: tree.get(key) for key in ("macro_f1_nsvf", "macro_f1_nsvf_ci_low",
+                                                 "macro_f1_nsvf_ci_high")}
+        for name in ("S", "V"):
+            out |= {f"{name}_{stat}": tree[name][stat] for stat in ("se", "ppv", "f1")}
+    else:
+        out["macro_f1"] = tree.get("macro_f1")
+        out |= {f"{name}_f1": tree[name]["f1"] for name in class_names}
+    return out
 
 
 def record_confusions(

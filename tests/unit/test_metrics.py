@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
@@ -198,3 +199,17 @@ def test_ece_calibrated_near_zero_overconfident_large():
 def test_bad_input_names_the_fix(probs, message):
     with pytest.raises(ValueError, match=message):
         metrics.evaluate(Y_TRUE, probs, NAMES, RECORDS)
+
+
+def test_headline_aami_and_tiny_support_caveats() -> None:
+    tree = {"accuracy": 0.9, "macro_f1": 0.5,
+            **{c: {"se": 0.1 * i, "ppv": 0.2, "f1": f1} for i, (c, f1) in
+               enumerate(zip("NSVFQ", [0.9, 0.3, 0.6, float("nan"), 0.0], strict=True))}}
+    out = metrics.headline(tree, list("NSVFQ"))
+    assert out["macro_f1_nsvf"] == pytest.approx((0.9 + 0.3 + 0.6) / 3)  # F undefined: left out
+    assert set(out) == {"accuracy", "macro_f1_nsvf", "S_se", "S_ppv", "S_f1", "V_se", "V_ppv",
+                        "V_f1"}
+    assert out["V_se"] == pytest.approx(0.2)
+    notes = metrics.tiny_support_caveats(pd.Series({"N": 500, "S": 29, "V": 30, "F": 2, "Q": 0}))
+    assert [n.split(":")[0] for n in notes] == ["class S", "class F"]
+    assert "only 2 examples" in notes[1]
