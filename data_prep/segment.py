@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +57,8 @@ from data_prep.configs import (
     resolve_annotator,
 )
 from data_prep.params import DatasetParams, parse_section, read_yaml
+from data_prep.segment_summary import check_skips as _check
+from data_prep.segment_summary import summarise
 from data_prep.windows import SegmentParams, condition_and_cut, flat_windows, signal_quality
 
 log = logging.getLogger(__name__)
@@ -206,65 +207,6 @@ def _process_all(ctx: Context, records: list[str], workers: int | None) -> list[
         return [process_record(ctx, record) for record in bar(records)]
     with ProcessPoolExecutor(workers) as pool:  # records are independent; order is kept
         return list(bar(pool.map(partial(process_record, ctx), records)))
-
-
-def summarise(results: list[RecordResult], excluded: dict[str, str], labels: LabelMap,
-              params: SegmentParams, database: str) -> dict:
-    """Counts of everything kept and left out, as written to summary.json."""
-    kept: Counter[str] = Counter()
-    skipped: Counter[str] = Counter()
-    non_beat: Counter[str] = Counter()
-    unknown: Counter[str] = Counter()
-    rr_status: Counter[str] = Counter()
-    per_record = {}
-    for res in results:
-        seg = res.segments or Segments(*(np.empty(0),) * 3)
-        lost = Counter(seg.skipped) + (Counter({res.skip.reason: res.skip.lost}) if res.skip
-                                       else Counter())
-        kept.update(seg.label.tolist() if res.skip is None else [])
-        skipped.update(lost)
-        non_beat.update(seg.non_beat)
-        unknown.update(seg.unknown)
-        if res.index is not None:
-            rr_status.update(s for s in res.index[rhythm.STATUS] if s)
-        per_record[res.record] = {"kept": 0 if res.index is None else len(res.index),
-                                  "skipped": dict(lost)}
-    n_kept, n_skipped = sum(kept.values()), sum(skipped.values())
-    return {
-        "database": database, "label_mode": params.label_mode,
-        "records": {"processed": sum(r.skip is None for r in results),
-                    "skipped": {r.record: {"reason": r.skip.reason, "detail": r.skip.detail}
-                                for r in results if r.skip},
-                    "excluded": excluded},
-        "segments_kept": {c: kept.get(c, 0) for c in labels.classes}, "kept_total": n_kept,
-        "segments_skipped": dict(skipped.most_common()), "skipped_total": n_skipped,
-        "skip_fraction": n_skipped / max(n_kept + n_skipped, 1),
-        "max_skip_fraction": params.max_skip_fraction,
-        "non_beat_annotations": dict(non_beat.most_common()),
-        "unknown_labels": dict(unknown.most_common()),
-        # kept, with a defined stand-in value for an interval that could not be measured
-        "rhythm_fallbacks": dict(rr_status.most_common()),
-        "lead_fallbacks": {r.record: r.lead for r in results if r.fell_back and r.lead},
-        "tolerated_headers": {r.record: list(r.header_dropped) for r in results
-                              if r.header_dropped},
-        "per_record": per_record,
-    }
-
-
-def _check(summary: dict, path: Path) -> None:
-    """Fails the stage when too much was skipped, naming the worst records and reasons."""
-    if summary["kept_total"] == 0:
-        raise ValueError(f"no segment kept; see {path} for why each record was skipped")
-    if summary["skip_fraction"] <= summary["max_skip_fraction"]:
-        return
-    worst = sorted(summary["per_record"].items(), key=lambda kv: -sum(kv[1]["skipped"].values()))
-    names = "; ".join(f"{rec}: {counts['skipped']}" for rec, counts in worst[:5])
-    raise ValueError(
-        f"{summary['skipped_total']} of {summary['skipped_total'] + summary['kept_total']} "
-        f"labelled segments skipped ({summary['skip_fraction']:.2%} > segment.max_skip_fraction "
-        f"{summary['max_skip_fraction']:.2%}); worst records: {names}. Fix the records or the "
-        f"label map, exclude them in configs/databases, or raise max_skip_fraction; see {path}"
-    )
 
 
 def _clear(out_dir: Path) -> None:
