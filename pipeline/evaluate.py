@@ -8,7 +8,7 @@ Reads `models/<run>/` (model.safetensors, resolved_config.json, mlflow_run.json)
   order), one row per image of each evaluated split; float32 softmax probabilities written
   with 9 significant digits, which read back as the identical float32 values;
 - `headline.json`: the DVC metrics file (`dvc metrics show`, `dvc exp show`): per split,
-  accuracy, the N/S/V/F macro-F1 and S and V Se/+P/F1 (`metrics.headline`);
+  accuracy, the N/S/V/F macro-F1 and S and V Se/+P/F1 (`pipeline.headline`);
 - `metrics.json`: `{split: metrics tree}`, every metric with record-bootstrap intervals and the
   caveats (e.g. classes with fewer than 30 examples); read by export, not a DVC metric;
 - `confusion_test.csv`: actual,predicted per test image, for DVC's confusion template;
@@ -47,8 +47,9 @@ from data_prep.layout import INDEX, META, PREVIEW, SEGMENTS_META, atomic_path, w
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
 from pipeline import data, plots, record_level, run_tracking
 from pipeline.engine import resolve_device
+from pipeline.headline import headline
 from pipeline.inference import frame_probs
-from pipeline.metrics import Evaluation, evaluate, headline, nan_to_none
+from pipeline.metrics import Evaluation, evaluate, nan_to_none
 from pipeline.report_folder import (
     CONFIG,
     CONFUSION,

@@ -10,7 +10,8 @@ Layout: `<root>/<key>/<record>-<shard size>-<mtime>.features.npy` (n_rows, D), f
 float16 (train.feature_dtype; float32 where a value overflows float16)
 beside `<record>.done.npy` (n_rows,) bool, where `key` hashes the backbone, the weights'
 sha256, the preprocessing spec, the image stage's meta.json and the record's shard (size and
-mtime). Only the rows a run asks for are computed; the mask is written after the features, so
+mtime). Only the rows a run asks for are computed (under torchrun, each process computes its
+share of the records; every process then reads them all); the mask is written after the features, so
 a killed run never leaves rows marked done that hold nothing.
 """
 
@@ -30,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data_prep.layout import META, atomic_path, load_shard, shard_path
+from pipeline import distributed
 from pipeline.engine import autocast, model_input
 
 log = logging.getLogger(__name__)
@@ -79,8 +81,11 @@ class FeatureStore:
             need = np.unique(group["row"].to_numpy()[~done[group["row"].to_numpy()]])
             if need.size:
                 todo[str(record)] = need
-        if todo:
-            self._compute(folder, spectrograms, todo, desc)
+        if todo:  # data-parallel: each process computes its share of the records, then all read
+            job = distributed.ranks()
+            mine = dict(list(todo.items())[job.rank::job.world])
+            self._compute(folder, spectrograms, mine, desc)
+            distributed.barrier()
         out: list[np.ndarray] = []
         order: list[np.ndarray] = []
         for record, group in frame.groupby("record", sort=False):

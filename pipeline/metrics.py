@@ -38,7 +38,6 @@ CORE_CLASSES = ("N", "S", "V", "F")
 # (30: below it one example moves Se by more than 3 points and a bootstrap over a few records
 # collapses to intervals like [0, 0]).
 TINY_SUPPORT = 30
-AAMI_HEADLINE = CORE_CLASSES  # EC57 reports; Q (a handful of beats) stays in the detail
 
 
 @dataclass
@@ -147,25 +146,6 @@ def tiny_support_caveats(support: pd.Series, limit: int = TINY_SUPPORT) -> list[
     return [f"class {name}: only {int(n)} examples (< {limit}): its Se, +P, F1 and their "
             "intervals rest on too few examples to be reliable"
             for name, n in support.items() if 0 < n < limit]
-
-
-def headline(tree: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
-    """The few numbers to compare runs by (`dvc metrics show`, `dvc exp show`).
-
-    AAMI classes: accuracy, the 4-class macro-F1 over N, S, V and F (the EC57 classes; Q, a
-    handful of beats, would swing it; F1 from the full confusion, so a beat predicted Q is a
-    miss), and Se, +P, F1 of S and V. Other label sets: accuracy, macro-F1 and each class's F1.
-    """
-    out: dict[str, Any] = {"accuracy": tree.get("accuracy")}
-    if set(AAMI_HEADLINE) <= set(class_names):
-        out |= {key: tree.get(key) for key in ("macro_f1_nsvf", "macro_f1_nsvf_ci_low",
-                                                 "macro_f1_nsvf_ci_high")}
-        for name in ("S", "V"):
-            out |= {f"{name}_{stat}": tree[name][stat] for stat in ("se", "ppv", "f1")}
-    else:
-        out["macro_f1"] = tree.get("macro_f1")
-        out |= {f"{name}_f1": tree[name]["f1"] for name in class_names}
-    return out
 
 
 def record_confusions(

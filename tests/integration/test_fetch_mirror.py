@@ -20,7 +20,7 @@ def test_fetch_two_mitdb_records_from_mirror(physionet_mirror: Path, tmp_path: P
 
     raw = out / "mitdb"
     expected = {f"{r}.{ext}" for r in ("100", "201") for ext in ("hea", "dat", "atr")}
-    assert {p.name for p in raw.iterdir()} == expected | {"RECORDS", "SHA256SUMS"}
+    assert {p.name for p in raw.iterdir()} == expected | {"RECORDS", "SHA256SUMS", "fetch.json"}
     assert (raw / "RECORDS").read_text().split() == ["100", "201"]
     assert summary["files"] == summary["verified"] == 6
     assert summary["unverified"] == []

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = {"loss": 1e-4, "acc": 1e-6, "macro_f1": 1e-6}  # float32 sums in another order
 DDP_RUN = {"backbones": ["test_convnext"], "freeze_modes": ["partial"], "trainable_groups": 1,
            "epochs": 3, "batch_size": 8, "lr": {"partial": 3e-3},
-           "nproc": 2}
+           "nproc": 2, "head_dropout": 0.0}  # dropout masks come from each rank's own stream
 
 
 def _draws(sampler, batch: int | None, world: int) -> list[list[int]]:
@@ -191,22 +191,26 @@ def test_two_gloo_processes_match_one_write_once_and_resume(tmp_path):
 
 def test_frozen_mode_shards_feature_extraction_and_trains_the_head_as_one_process(tmp_path):
     spec, splits = write_synthetic(tmp_path)
-    params = _params(tmp_path, freeze_modes=["frozen"], lr={"frozen": 1e-2},
-                     feature_dtype="float32")
+    stores = {name: tmp_path / f"{name}-store" for name in ("single", "ddp")}
     single, out, log = tmp_path / "single", tmp_path / "ddp", tmp_path / "torchrun.log"
+    params = _params(tmp_path, freeze_modes=["frozen"], lr={"frozen": 1e-2},
+                     feature_dtype="float32", feature_cache_dir=str(stores["single"]))
     train.run(train.load_section("train", train.TrainParams, params), "test_convnext",
               "frozen", spec, splits, single)
+    params = _params(tmp_path, freeze_modes=["frozen"], lr={"frozen": 1e-2},
+                     feature_dtype="float32", feature_cache_dir=str(stores["ddp"]))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     _finish(_torchrun(params, spec, splits, out, env, log, "frozen"), log)
 
-    [cache] = (out / "features").iterdir()  # same key: same model, weights, data
-    assert (single / "features" / cache.name).is_dir()
-    for split in ("train", "val"):
-        for kind in ("features", "targets"):
-            name = f"{split}.{kind}.npy"
-            assert np.load(cache / name) == pytest.approx(
-                np.load(single / "features" / cache.name / name), abs=1e-5), name
+    # the same store entries (same key: model, weights, images), shared out between the ranks
+    [ddp_key] = stores["ddp"].iterdir()
+    ddp_files = sorted(p.name for p in ddp_key.glob("*.features.npy"))
+    assert ddp_files and ddp_files == sorted(
+        p.name for p in (stores["single"] / ddp_key.name).glob("*.features.npy"))
+    for name in ddp_files:
+        assert np.load(ddp_key / name) == pytest.approx(
+            np.load(stores["single"] / ddp_key.name / name), abs=1e-5), name
     expected, history = pd.read_csv(single / HISTORY), pd.read_csv(out / HISTORY)
     for name, tol in TOLERANCE.items():
         assert history["val_" + name].to_numpy() == pytest.approx(

@@ -64,16 +64,20 @@ def test_onnx_matches_torch_for_any_batch_size(built):
     model, preprocess, _ = load_model(built["model"])
     net = ImageClassifier(preprocess, model, with_logits=True).eval()
     session = onnx_runner.onnx_session(built["bundle"] / bundle.MODEL_ONNX)
-    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 32, 32), dtype=np.uint8)
+    rr = rng.uniform(0.4, 1.6, (5, len(rhythm.BEAT_FEATURES))).astype(np.float32)
     with torch.no_grad():
-        probs, logits = (t.numpy() for t in net(torch.from_numpy(images)))
-    onnx_probs, onnx_logits = session.run(None, {"images": images})
+        probs, logits = (t.numpy() for t in net(torch.from_numpy(images), torch.from_numpy(rr)))
+    onnx_probs, onnx_logits = session.run(None, {"images": images, "rr": rr})
     np.testing.assert_allclose(onnx_probs, probs, atol=1e-6)
     np.testing.assert_allclose(onnx_logits, logits, atol=1e-5)
-    assert onnx_runner.run_probs(session, images, 5, batch_size=2).shape == (5, 5)
-    np.testing.assert_array_equal(onnx_runner.run_probs(session, images, 5, batch_size=2),
-                                  onnx_runner.run_probs(session, images, 5))
-    assert onnx_runner.run_probs(session, images[:0], 5).shape == (0, 5)
+    assert onnx_runner.run_probs(session, images, rr, 5, batch_size=2).shape == (5, 5)
+    np.testing.assert_array_equal(onnx_runner.run_probs(session, images, rr, 5, batch_size=2),
+                                  onnx_runner.run_probs(session, images, rr, 5))
+    assert onnx_runner.run_probs(session, images[:0], rr[:0], 5).shape == (0, 5)
+    # the rhythm input matters: other RR features, other probabilities
+    assert not np.allclose(onnx_runner.run_probs(session, images, rr * 0.5, 5), onnx_probs)
 
 
 def test_parity_check_fails_on_tampered_predictions(built, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
 from pipeline import metrics
+from pipeline.headline import headline
 
 NAMES = ["N", "S", "V", "F"]
 # 8 beats of 3 records. V is never predicted; F never occurs but is predicted once.
@@ -202,12 +203,14 @@ def test_bad_input_names_the_fix(probs, message):
 
 
 def test_headline_aami_and_tiny_support_caveats() -> None:
-    tree = {"accuracy": 0.9, "macro_f1": 0.5,
+    tree = {"accuracy": 0.9, "macro_f1": 0.5, "macro_f1_nsvf": 0.6,
+            "macro_f1_nsvf_ci_low": 0.5, "macro_f1_nsvf_ci_high": 0.7,
             **{c: {"se": 0.1 * i, "ppv": 0.2, "f1": f1} for i, (c, f1) in
                enumerate(zip("NSVFQ", [0.9, 0.3, 0.6, float("nan"), 0.0], strict=True))}}
-    out = metrics.headline(tree, list("NSVFQ"))
-    assert out["macro_f1_nsvf"] == pytest.approx((0.9 + 0.3 + 0.6) / 3)  # F undefined: left out
-    assert set(out) == {"accuracy", "macro_f1_nsvf", "S_se", "S_ppv", "S_f1", "V_se", "V_ppv",
+    out = headline(tree, list("NSVFQ"))
+    assert out["macro_f1_nsvf"] == 0.6 and out["macro_f1_nsvf_ci_low"] == 0.5  # with its CI
+    assert set(out) == {"accuracy", "macro_f1_nsvf", "macro_f1_nsvf_ci_low",
+                        "macro_f1_nsvf_ci_high", "S_se", "S_ppv", "S_f1", "V_se", "V_ppv",
                         "V_f1"}
     assert out["V_se"] == pytest.approx(0.2)
     notes = metrics.tiny_support_caveats(pd.Series({"N": 500, "S": 29, "V": 30, "F": 2, "Q": 0}))

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from pipeline import evaluate, run_tracking, tracking, train
+from pipeline import evaluate, fitting, run_tracking, tracking, train
 from tests.helpers import QUICK, committed_params, free_port
 from tests.synthetic import write_synthetic
 
@@ -27,7 +27,8 @@ def write_params(folder: Path, log_model: bool = False) -> Path:
     """The repository's params.yaml with quick train/evaluate settings and a test experiment."""
     params = committed_params()
     params["train"] |= {**QUICK, "backbones": ["test_resnet"], "freeze_modes": ["frozen"]}
-    params["evaluate"] |= {"n_boot": 20, "device": "cpu", "batch_size": 16}
+    params["evaluate"] |= {"n_boot": 20, "device": "cpu", "batch_size": 16,
+                           "splits": ["test", "val"]}
     params["tracking"] |= {"experiment": EXPERIMENT, "log_model": log_model}
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -124,9 +125,10 @@ def test_every_artifact_lands_in_the_servers_store_and_none_beside_the_client(
     model_store = store / urlparse(logged.artifact_location).path.lstrip("/")
     assert (model_store / "MLmodel").is_file() and (model_store / "data").is_dir()
 
-    # the client folder holds its inputs and the stages' outputs, nothing MLflow wrote
+    # the client folder holds its inputs, the stages' outputs and the local feature store
+    # (frozen backbone features, a cache beside the data), nothing MLflow wrote
     assert {p.name for p in client_dir.iterdir()} == {
-        "params.yaml", "spectrograms", "splits", "models", "reports"}
+        "params.yaml", "spectrograms", "splits", "models", "reports", ".feature_store"}
     stray = [p for p in client_dir.rglob("*")
              if p.name in ("mlruns", "mlartifacts", "mlflow.db", "MLmodel")]
     assert not stray
@@ -140,7 +142,7 @@ def test_failed_train_marks_the_run_failed(mlflow_server, tmp_path, monkeypatch)
     def diverge(*args, **kwargs):
         raise RuntimeError("loss is NaN")
 
-    monkeypatch.setattr(train, "_fit", diverge)
+    monkeypatch.setattr(fitting, "fit_folds", diverge)
     out = tmp_path / "run"
     tracking_params = run_tracking.TrackingParams(experiment=EXPERIMENT, log_model=False)
     with pytest.raises(RuntimeError, match="NaN"):

@@ -52,7 +52,8 @@ def test_run_writes_all_outputs(tmp_path, folders, freeze):
     assert history["epoch"].tolist() == [1, 2]
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["best_val_macro_f1"] == history["val_macro_f1"].max()
-    assert metrics["train_images"] == 6 + 6 + 6 and metrics["val_images"] == 11 + 5 + 5
+    assert metrics["trainval_images"] == 6 + 6 + 6 + 11 + 5 + 5
+    assert metrics["val_images"] == 11 + 5 + 5
     resolved = json.loads((out / "resolved_config.json").read_text())
     assert resolved["classes"] == CLASSES and resolved["freeze"] == freeze
     assert resolved["preprocessing"]["channels"] == "grey3"
