@@ -164,7 +164,7 @@ def test_same_seed_same_split_other_seeds_differ(tree) -> None:
 def test_every_fold_validates_every_class_it_can(tree) -> None:
     summary = split_(tree, folds=3, require=["N", "S", "V"])
     folds = summary["folds"]
-    assert sorted(folds) == [0, 1, 2]
+    assert sorted(folds) == ["0", "1", "2"]
     for fold in folds.values():
         assert all(fold["counts"][c] > 0 for c in ("N", "S", "V"))
     frame = assignment(tree)
@@ -208,7 +208,7 @@ def test_output_format(tree) -> None:
     index = pd.read_csv(tree["segments"] / "index.csv", dtype={"record": str})
     summary = split_(tree)
     frame = assignment(tree)
-    assert list(frame.columns) == ["record", "subject", "split"]
+    assert list(frame.columns) == ["record", "subject", "split", "fold"]
     assert set(frame.split) == set(split.SPLITS)
     assert frame.split.map(split.SPLITS.index).is_monotonic_increasing  # train, val, test
     assert json.loads((tree["out"] / "summary.json").read_text()) == summary
@@ -254,8 +254,8 @@ def test_labels_outside_meta_classes_raise(tmp_path, tree) -> None:
 
 def test_cli(tree, tmp_path) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text(f"dataset:\n  name: {DB}\nsplit:\n  definition: ds\n  folds: 3\n  val_fold: 0\n"
-                      "  require_in_val: [N]\n  test_fraction: 0.2\n  seed: 1\n")
+    params.write_text(f"dataset:\n  name: {DB}\nsplit:\n  definition: ds\n  folds: 3\n"
+                      "  val_fold: 0\n  require_in_val: [N]\n  test_fraction: 0.2\n  seed: 1\n")
     split.main(["--params", str(params), "--segments", str(tree["segments"]),
                 "--out", str(tree["out"]), "--configs", str(tree["configs"])])
     assert json.loads((tree["out"] / "summary.json").read_text())["seed"] == 1
