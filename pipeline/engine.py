@@ -5,7 +5,7 @@ the batches of a training loader, validates every epoch, keeps the best epoch by
 macro-F1, stops early after `patience` epochs without improvement and checkpoints after every
 epoch through `pipeline.checkpoint`, resuming from it when called again. `predict` and
 `classification_metrics` give the per-epoch validation scores; the evaluate stage shares only
-`autocast` and `model_input` (its probabilities and EC57 metrics are `pipeline.metrics`).
+the device helpers (`pipeline.device`); its EC57 metrics are `pipeline.metrics`.
 
 Reproducibility: every epoch starts by re-seeding python, numpy, torch and the sampler's
 generator from (seed, epoch), so the random stream of an epoch does not depend on what ran
@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import nn
@@ -32,6 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pipeline.checkpoint import Checkpointer
+from pipeline.device import autocast, epoch_seed, model_input, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -62,32 +60,6 @@ class FitResult:
     best_score: float = -1.0
     stopped_early: bool = False
     resumed_after: int | None = None
-
-
-def seed_everything(seed: int) -> None:
-    """Seeds python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds legacy global users)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed seed for one epoch (seed 1/epoch 2 and seed 2/epoch 1 differ)."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device is 'cuda' but no CUDA device is visible; use auto or cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed 224x224 inputs: pick the fastest kernels
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device
 
 
 def make_optimizer(
@@ -162,28 +134,6 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[
         "acc": float((preds == targets).float().mean()),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
     }
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (no loss scaling needed); full precision on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def model_input(
-    x: torch.Tensor, device: torch.device, prepare: nn.Module | None
-) -> torch.Tensor:
-    """Non-blocking copy (the loader pins memory on CUDA), preprocessing on the device, and
-    channels_last for image batches on CUDA. Half-precision cached features become float32."""
-    x = x.to(device, non_blocking=True)
-    if prepare is not None:
-        x = prepare(x)
-    elif x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    if device.type == "cuda" and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 @torch.no_grad()

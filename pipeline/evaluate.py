@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from data_prep.layout import META, PREVIEW, atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
 from pipeline import data, plots, run_tracking
-from pipeline.engine import autocast, model_input, resolve_device
+from pipeline.device import autocast, model_input, resolve_device
 from pipeline.metrics import Evaluation, evaluate, nan_to_none
 from pipeline.report_folder import (
     CONFIG,

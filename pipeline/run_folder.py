@@ -2,7 +2,7 @@
 
     model.safetensors      the best epoch's full model (MODEL)
     checkpoint/            the last epoch's resumable state (CHECKPOINT, `pipeline.checkpoint`)
-    history.csv            per-epoch curves for `dvc plots` (HISTORY)
+    history.csv            per-epoch curves for `dvc plots` (HISTORY, HISTORY_COLUMNS)
     metrics.json           best val scores for `dvc metrics` (METRICS)
     resolved_config.json   params, classes, preprocessing spec, weights, freeze report (RESOLVED)
     mlflow_run.json        the model's MLflow run id (RUN_FILE, `pipeline.run_tracking`)
@@ -15,21 +15,28 @@ converts to ONNX.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 
-from data_prep.layout import read_json
+from data_prep.layout import atomic_path, read_json
 from pipeline.checkpoint import load_weights
-from pipeline.freeze import apply_freeze
-from pipeline.models import build_model
-from pipeline.transforms import Preprocess
-from pipeline.weights import WeightsSource
+from pipeline.freeze import FreezeReport, apply_freeze
+from pipeline.models import build_model, model_data_config
+from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
+from pipeline.weights import WeightsSource, resolve_weights
+
+log = logging.getLogger(__name__)
 
 MODEL, HISTORY, METRICS, RESOLVED = (
     "model.safetensors", "history.csv", "metrics.json", "resolved_config.json")
 CHECKPOINT, FEATURES, RUN_FILE = "checkpoint", "features", "mlflow_run.json"
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "train_macro_f1",
+                   "val_loss", "val_acc", "val_macro_f1", "lr")
 
 
 class ImageClassifier(nn.Module):
@@ -48,6 +55,54 @@ class ImageClassifier(nn.Module):
         return (probs, logits) if self.with_logits else probs
 
 
+def write_history(path: Path, history: list[dict]) -> None:
+    """history.csv for `dvc plots` (x: epoch), rewritten atomically after every epoch."""
+    with atomic_path(path) as tmp:
+        pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_csv(tmp, index=False)
+
+
+def build_network(backbone: str, num_classes: int, weights: WeightsSource, in_chans: int,
+                  freeze: str, trainable_groups: int, pre_logits: str
+                  ) -> tuple[nn.Module, FreezeReport]:
+    """The run's network as train builds it and evaluate/export rebuild it: the timm model
+    (1 or 3 input channels) with the run's freeze mode applied."""
+    extra = {"in_chans": 1} if in_chans == 1 else {}
+    model = build_model(backbone, num_classes, weights, **extra)
+    return model, apply_freeze(model, freeze, trainable_groups, pre_logits)
+
+
+@dataclass
+class TrainingModel:
+    """Everything one run builds before training."""
+
+    model: nn.Module
+    weights: WeightsSource
+    report: FreezeReport
+    spec: dict  # the model-input preprocessing (`transforms.preprocess_spec`)
+    prepare: ModelInput
+
+    @property
+    def weights_id(self) -> str:
+        return self.weights.sha256 or self.weights.describe()
+
+
+def build_for_training(backbone: str, freeze: str, num_classes: int, image_size: int, *,
+                       weights: str, weights_dir: str | None, seed: int, channels: str,
+                       trainable_groups: int, pre_logits: str, augment: dict) -> TrainingModel:
+    """Resolves the weights (failing early when offline without them), builds and freezes
+    (`train:` params of the same names)."""
+    source = resolve_weights(backbone, weights, Path(weights_dir) if weights_dir else None)
+    log.info("weights for %s: %s", backbone, source.describe())
+    torch.manual_seed(seed)  # the new classifier (and random weights) are seeded too
+    model, report = build_network(backbone, num_classes, source,
+                                  1 if channels == "in_chans1" else 3, freeze,
+                                  trainable_groups, pre_logits)
+    log.info("freeze %s", report.summary())
+    spec = preprocess_spec(model_data_config(model), channels, image_size)
+    prepare = ModelInput(Preprocess.from_spec(spec), SpecAugment(**augment))
+    return TrainingModel(model, source, report, spec, prepare)
+
+
 def read_resolved(folder: Path) -> dict:
     """The run's resolved_config.json (what train used and produced)."""
     return read_json(Path(folder) / RESOLVED)
@@ -61,10 +116,9 @@ def load_model(folder: Path) -> tuple[nn.Module, Preprocess, dict]:
     """
     resolved = read_resolved(folder)
     spec, params = resolved["preprocessing"], resolved["params"]
-    extra = {"in_chans": 1} if spec["in_chans"] == 1 else {}
     # Random init, then every tensor is overwritten by the strict load below.
-    model = build_model(resolved["backbone"], len(resolved["classes"]),
-                        WeightsSource("random", "random"), **extra)
-    apply_freeze(model, resolved["freeze"], params["trainable_groups"], params["pre_logits"])
+    model, _ = build_network(resolved["backbone"], len(resolved["classes"]),
+                             WeightsSource("random", "random"), spec["in_chans"],
+                             resolved["freeze"], params["trainable_groups"], params["pre_logits"])
     load_weights(model, Path(folder) / MODEL)
     return model.eval(), Preprocess.from_spec(spec), resolved

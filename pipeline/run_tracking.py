@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,7 +28,7 @@ from pipeline.tracking import check_tracking_server
 log = logging.getLogger(__name__)
 
 __all__ = ["RUN_FILE", "TrackingParams", "check_tracking_server", "evaluation_run",
-           "load_tracking", "read_run_file", "register_bundle", "train_run"]
+           "load_tracking", "read_run_file", "register_bundle", "train_run", "train_run_or_none"]
 
 
 class TrackingParams(StrictModel):
@@ -126,6 +126,20 @@ def train_run(
     with tracking.fail_on_error(run_id):
         yield run_id
     tracking.end_run(run_id, "FINISHED")
+
+
+def train_run_or_none(params: TrackingParams | None, folder: Path, resolved: Mapping[str, Any]
+                      ) -> AbstractContextManager[str | None]:
+    """`train_run` for a train folder, tagged from its resolved config (backbone, freeze mode,
+    weights, device; start_run adds the git commit and DVC data hashes), or no tracking at all
+    (None) when `params` is None."""
+    if params is None:
+        return nullcontext(None)
+    weights = resolved["weights"]
+    tags = {"stage": "train", "backbone": resolved["backbone"], "freeze": resolved["freeze"],
+            "weights": weights["describe"], "weights.sha256": weights["sha256"],
+            "device": resolved["device"]}
+    return train_run(params, folder, resolved["fingerprint"], resolved, tags)
 
 
 def epoch_logger(run_id: str):

@@ -26,9 +26,7 @@ import hashlib
 import logging
 import platform
 import time
-from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -38,28 +36,32 @@ import pandas as pd
 import timm
 import torch
 from pydantic import Field, model_validator
-from torch.utils.data import Dataset
 
-from data_prep.layout import atomic_path, write_json
+from data_prep.layout import write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
 from pipeline import data, features, run_tracking
 from pipeline.checkpoint import Checkpointer, save_weights
-from pipeline.engine import EpochCallback, FitConfig, FitResult, fit, resolve_device
-from pipeline.freeze import FreezeReport, apply_freeze, feature_extractor, param_groups
-from pipeline.models import build_model, model_data_config
-from pipeline.run_folder import CHECKPOINT, FEATURES, HISTORY, METRICS, MODEL, RESOLVED
-from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
-from pipeline.weights import WeightsSource, resolve_weights
+from pipeline.device import resolve_device
+from pipeline.engine import EpochCallback, FitConfig, FitResult, fit
+from pipeline.freeze import param_groups
+from pipeline.run_folder import (
+    CHECKPOINT,
+    FEATURES,
+    HISTORY,
+    METRICS,
+    MODEL,
+    RESOLVED,
+    TrainingModel,
+    build_for_training,
+    write_history,
+)
 
 log = logging.getLogger(__name__)
 
 FreezeMode = Literal["frozen", "partial", "full"]
 MATRIX_KEYS = ("backbones", "freeze_modes")  # choose the DVC matrix runs, not one run's result
-CODE_MODULES = ("train", "engine", "checkpoint", "data", "features", "transforms", "models",
-                "freeze")  # the pipeline modules in the DVC stage's deps
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "train_macro_f1",
-                   "val_loss", "val_acc", "val_macro_f1", "lr")
-
+CODE_MODULES = ("train", "engine", "device", "checkpoint", "data", "features", "transforms",
+                "models", "freeze", "run_folder")  # the modules a trained result depends on
 
 class AugmentParams(StrictModel):
     """SpecAugment-style masks (pixels); 0 turns a mask off."""
@@ -111,21 +113,6 @@ class TrainParams(StrictModel):
         return self
 
 
-@dataclass
-class _Setup:
-    """Everything one run builds before training."""
-
-    model: torch.nn.Module
-    weights: WeightsSource
-    report: FreezeReport
-    spec: dict
-    prepare: ModelInput
-
-    @property
-    def weights_id(self) -> str:
-        return self.weights.sha256 or self.weights.describe()
-
-
 def run(
     params: TrainParams,
     backbone: str,
@@ -152,7 +139,11 @@ def run(
     frame = data.cap_per_class(frame, params.max_per_class, params.seed)
     frames = {split: data.split_frame(frame, split, splits) for split in ("train", "val")}
     device = resolve_device(params.device)
-    setup = _build(params, backbone, freeze, len(classes), int(meta["image_size"]))
+    setup = build_for_training(
+        backbone, freeze, len(classes), int(meta["image_size"]), weights=params.weights,
+        weights_dir=params.weights_dir, seed=params.seed, channels=params.channels,
+        trainable_groups=params.trainable_groups, pre_logits=params.pre_logits,
+        augment=params.augment.model_dump())
     cached = freeze == "frozen" and params.cache_features
     if cached and setup.prepare.augment.enabled:
         raise ValueError(
@@ -180,7 +171,7 @@ def run(
         "class_weights": weight.tolist() if weight is not None else None,
         "counts": _counts(frame, classes), "cached_features": cached, "versions": _versions(),
     }
-    with _tracked(tracking_params, out, resolved) as run_id:
+    with run_tracking.train_run_or_none(tracking_params, out, resolved) as run_id:
         train_sets = _train_sets(params, setup, backbone, spectrograms, frames, device, cached,
                                  data_version, out)
         result = _fit(params, freeze, setup.model, train_sets, targets, device, weight,
@@ -197,33 +188,9 @@ def run(
     return metrics
 
 
-def _tracked(
-    tracking_params: run_tracking.TrackingParams | None, out: Path, resolved: dict
-) -> AbstractContextManager[str | None]:
-    """The run's MLflow run (opened or resumed, FAILED on error), or no tracking at all."""
-    if tracking_params is None:
-        return nullcontext(None)
-    weights = resolved["weights"]
-    tags = {"stage": "train", "backbone": resolved["backbone"], "freeze": resolved["freeze"],
-            "weights": weights["describe"], "weights.sha256": weights["sha256"],
-            "device": resolved["device"]}  # git commit and DVC data hashes: start_run adds them
-    return run_tracking.train_run(tracking_params, out, resolved["fingerprint"], resolved, tags)
-
-
-@dataclass
-class _TrainSets:
-    """What the loop trains and on what: a head on cached features, or the model on images."""
-
-    module: torch.nn.Module
-    sets: Mapping[str, Dataset]
-    prepare: ModelInput | None  # device-side image input; None for features
-    workers: int
-    batch_index: bool  # cached features are gathered a whole batch at a time
-
-
 def _train_sets(
     params: TrainParams,
-    setup: _Setup,
+    setup: TrainingModel,
     backbone: str,
     spectrograms: Path,
     frames: dict[str, pd.DataFrame],
@@ -231,34 +198,26 @@ def _train_sets(
     cached: bool,
     data_version: str,
     out: Path,
-) -> _TrainSets:
+) -> features.TrainSets:
     workers = data.resolve_workers(params.num_workers, device)
+    images = {s: data.SpectrogramDataset(spectrograms, df) for s, df in frames.items()}
     if not cached:
-        sets = {s: data.SpectrogramDataset(spectrograms, df) for s, df in frames.items()}
-        return _TrainSets(setup.model, sets, setup.prepare, workers, batch_index=False)
+        return features.TrainSets(setup.model, images, setup.prepare, workers, batch_index=False)
     key = features.cache_key(backbone=backbone, weights=setup.weights_id, spec=setup.spec,
                              pre_logits=params.pre_logits, data=data_version,
                              seed=params.seed if setup.weights.kind == "random" else None)
-    feature_fn, head = feature_extractor(setup.model, params.pre_logits)
-    setup.model.to(device).eval()
-    if device.type == "cuda":
-        setup.model.to(memory_format=torch.channels_last)
-    feature_sets = features.feature_datasets(
-        feature_fn,
-        {s: data.SpectrogramDataset(spectrograms, df) for s, df in frames.items()},
-        Path(params.feature_cache_dir or out / FEATURES) / f"{backbone}-{key}",
-        device, setup.prepare.preprocess,
+    folder = Path(params.feature_cache_dir or out / FEATURES) / f"{backbone}-{key}"
+    return features.cached_head_sets(
+        setup.model, params.pre_logits, images, folder, device, setup.prepare.preprocess,
         batch_size=2 * params.batch_size,  # no gradients to keep: twice the batch fits
-        workers=workers, dtype=params.feature_dtype,
-    )
-    return _TrainSets(head, feature_sets, None, workers=0, batch_index=True)
+        workers=workers, dtype=params.feature_dtype)
 
 
 def _fit(
     params: TrainParams,
     freeze: FreezeMode,
     model: torch.nn.Module,
-    train_sets: _TrainSets,
+    train_sets: features.TrainSets,
     targets: np.ndarray,
     device: torch.device,
     weight: torch.Tensor | None,
@@ -289,23 +248,6 @@ def _fit(
     return result
 
 
-def _build(
-    params: TrainParams, backbone: str, freeze: FreezeMode, num_classes: int, image_size: int
-) -> _Setup:
-    """Resolves the weights (failing early when offline without them), builds and freezes."""
-    weights_dir = Path(params.weights_dir) if params.weights_dir else None
-    weights = resolve_weights(backbone, params.weights, weights_dir)
-    log.info("weights for %s: %s", backbone, weights.describe())
-    torch.manual_seed(params.seed)  # the new classifier (and random weights) are seeded too
-    extra = {"in_chans": 1} if params.channels == "in_chans1" else {}
-    model = build_model(backbone, num_classes, weights, **extra)
-    report = apply_freeze(model, freeze, params.trainable_groups, params.pre_logits)
-    log.info("freeze %s", report.summary())
-    spec = preprocess_spec(model_data_config(model), params.channels, image_size)
-    prepare = ModelInput(Preprocess.from_spec(spec), SpecAugment(**params.augment.model_dump()))
-    return _Setup(model, weights, report, spec, prepare)
-
-
 def _fit_config(params: TrainParams, freeze: FreezeMode) -> FitConfig:
     return FitConfig(
         epochs=params.epochs, lr=params.lr[freeze], optimizer=params.optimizer,
@@ -319,12 +261,6 @@ def _after_epoch(path: Path, then: EpochCallback | None, history: list[dict]) ->
     write_history(path, history)
     if then is not None:
         then(history)
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    """history.csv for `dvc plots` (x: epoch), rewritten atomically after every epoch."""
-    with atomic_path(path) as tmp:
-        pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_csv(tmp, index=False)
 
 
 def _metrics(result: FitResult, frames: dict[str, pd.DataFrame], seconds: float) -> dict:

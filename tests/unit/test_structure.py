@@ -20,9 +20,6 @@ STAGES = ("data_prep.fetch", "data_prep.segment", "data_prep.split", "data_prep.
           "pipeline.train", "pipeline.evaluate", "pipeline.export")
 HEAVY = ("torch", "timm", "mlflow")  # data_prep (the record-side base install) never needs them
 MAX_LINES = 330
-# modules still over MAX_LINES, split once concurrent work on them lands (issue 8); an entry
-# that is no longer over the limit fails the test, so this list can only shrink
-PENDING_SPLIT = frozenset({"pipeline/train.py", "pipeline/engine.py"})
 
 
 def module_path(name: str) -> Path:
@@ -147,10 +144,8 @@ def test_dvc_matrix_stages_parse():
 def test_modules_stay_small():
     sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines())
              for pkg in PACKAGES for p in (REPO / pkg).glob("*.py")}
-    over = {p: n for p, n in sizes.items() if n > MAX_LINES and p not in PENDING_SPLIT}
+    over = {p: n for p, n in sizes.items() if n > MAX_LINES}
     assert not over, f"modules over {MAX_LINES} lines: {over}; split them"
-    done = sorted(p for p in PENDING_SPLIT if sizes.get(p, 0) <= MAX_LINES)
-    assert not done, f"{done} are small now: remove them from PENDING_SPLIT"
 
 
 @pytest.mark.parametrize("stage", sorted(_stages()))

@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from data_prep.params import read_yaml
-from pipeline import train
+from pipeline import run_folder, train
 from pipeline.freeze import apply_freeze
 from pipeline.models import build_model
 from pipeline.weights import resolve_weights
@@ -46,7 +46,7 @@ def test_run_writes_all_outputs(tmp_path, folders, freeze):
     metrics = train.run(params, "test_resnet", freeze, spec, splits, out)
 
     history = pd.read_csv(out / "history.csv")
-    assert list(history.columns) == list(train.HISTORY_COLUMNS)
+    assert list(history.columns) == list(run_folder.HISTORY_COLUMNS)
     assert history["epoch"].tolist() == [1, 2]
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["best_val_macro_f1"] == history["val_macro_f1"].max()
