@@ -2,7 +2,8 @@
 
 Beat mode: one candidate per mapped beat annotation; rhythm mode: fixed windows labelled by the
 rhythm episode in effect; record mode: fixed windows with the record's label. Every candidate
-dropped is counted by reason in `Segments.skipped`.
+dropped is counted by reason in `Segments.skipped`. Each candidate carries its rhythm features
+(`data_prep.rhythm`), computed from every beat of the record before any candidate is dropped.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_prep import signals, wfdb_io
+from data_prep import rhythm, signals, wfdb_io
 from data_prep.configs import LabelMap
 from data_prep.windows import SegmentParams
 
@@ -37,6 +38,8 @@ class Segments:
     symbol: np.ndarray
     label: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=str))
     source: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    rr: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))
+    rr_status: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
     skipped: Counter = field(default_factory=Counter)
     non_beat: Counter = field(default_factory=Counter)
     unknown: Counter = field(default_factory=Counter)
@@ -45,8 +48,8 @@ class Segments:
         """Keeps the candidates where `mask`; the others count as skipped for `reason`."""
         if reason is not None and (dropped := int(np.count_nonzero(~mask))):
             self.skipped[reason] += dropped
-        for name in ("sample", "start", "symbol", "label", "source"):
-            if getattr(self, name).size:  # label and source are empty until set
+        for name in ("sample", "start", "symbol", "label", "source", "rr", "rr_status"):
+            if getattr(self, name).size:  # label, source and rhythm are empty until set
                 setattr(self, name, getattr(self, name)[mask])
 
     def apply_map(self, labels: LabelMap, unknown_reason: str) -> None:
@@ -59,13 +62,39 @@ class Segments:
         self.keep(~ignored[known | ignored], None)
         self.label = np.array([labels.map[s] for s in self.symbol.tolist()], dtype=str)
 
+    def set_rhythm(self, features: np.ndarray, status: np.ndarray) -> None:
+        """Attaches one row of rhythm features (and its status) per current candidate."""
+        assert len(features) == len(status) == self.sample.size, "one rhythm row per candidate"
+        self.rr, self.rr_status = features, status
+
+    def rhythm_columns(self, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The index columns of the rhythm features (float32 values as written) and status."""
+        return {**{name: self.rr[:, i] for i, name in enumerate(names)},
+                rhythm.STATUS: self.rr_status}
+
+
+def beat_times(ann: wfdb_io.Annotations, fs: float, beat_symbols: frozenset[str]) -> np.ndarray:
+    """Seconds of every beat annotation of a record (the symbols that are beats), ascending."""
+    is_beat = np.isin(ann.symbol, list(beat_symbols))
+    return np.sort(ann.sample[is_beat]) / fs
+
 
 def beat_segments(ann: wfdb_io.Annotations, fs_in: float, n_in: int, params: SegmentParams,
                   labels: LabelMap) -> Segments:
-    """One candidate per mapped beat annotation, centred `offset` samples into its window."""
+    """One candidate per mapped beat annotation, centred `offset` samples into its window.
+
+    Rhythm features come from every mapped beat (edge beats too: they bound an interval)."""
     offset, length, _ = params.geometry()
-    sample = signals.map_samples(ann.sample, fs_in, params.target_fs)
-    seg = Segments(sample, sample - offset, ann.symbol, source=ann.sample)
+    order = np.argsort(ann.sample, kind="stable")
+    sample_in, symbol = ann.sample[order], ann.symbol[order]
+    sample = signals.map_samples(sample_in, fs_in, params.target_fs)
+    seg = Segments(sample, sample - offset, symbol, source=sample_in)
+    is_beat = np.isin(symbol, list(labels.map))
+    feats = np.zeros((symbol.size, len(rhythm.BEAT_FEATURES)), dtype=np.float32)
+    status = np.full(symbol.size, "", dtype=object)
+    feats[is_beat], status[is_beat] = rhythm.beat_features(sample_in[is_beat] / fs_in,
+                                                           params.rhythm)
+    seg.set_rhythm(feats, status)
     seg.apply_map(labels, "unknown_symbol")
     n_out = signals.resampled_length(n_in, fs_in, params.target_fs)
     seg.keep(seg.source < n_in, "annotation_past_end")
@@ -90,6 +119,13 @@ def rhythm_segments(ann: wfdb_io.Annotations, fs_in: float, n_out: int, params: 
     seg.keep((first == last)[first >= 0], "rhythm_change")
     seg.apply_map(labels, "unknown_rhythm")
     return seg
+
+
+def attach_window_rhythm(seg: Segments, times_s: np.ndarray, params: SegmentParams) -> None:
+    """Window RR statistics of rhythm/record-mode candidates from the record's beat times."""
+    _, length, _ = params.geometry()
+    fs = params.target_fs
+    seg.set_rhythm(*rhythm.window_features(times_s, seg.start / fs, length / fs, params.rhythm))
 
 
 def record_segments(label: str, n_out: int, params: SegmentParams, labels: LabelMap) -> Segments:

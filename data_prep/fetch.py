@@ -29,6 +29,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from data_prep.checksums import find_manifest, parse_manifest, verify_files
+from data_prep.cli import run_main
 from data_prep.layout import FETCH_JSON, MANIFEST_NAMES, RECORDS, parse_records, write_json
 from data_prep.params import (
     DEFAULT_PARAMS,
@@ -284,4 +285,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,9 +1,5 @@
-"""Patient-grouped, class-stratified draws of subjects (scikit-learn's StratifiedGroupKFold).
-
-Whole subjects only, so no patient is on two sides; seeded, so the same params give the same
-draw. `holdout_subjects` holds out a share of the subjects (the random split's test);
-`assign_folds` spreads the training subjects over k folds that can each validate.
-"""
+"""Patient-grouped draws over a pool of subjects: a held-out share (test of a random split) and
+the cross-validation folds of the training patients. Pure functions of (labels, subjects, seed)."""
 
 from __future__ import annotations
 

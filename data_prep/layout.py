@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 INDEX = "index.csv"
 META = "meta.json"
@@ -45,6 +48,20 @@ SEGMENTS_META = "segments"  # spectrogram meta.json key holding the segment stag
 def parse_records(text: str) -> list[str]:
     """Record names of a RECORDS file, one per line (a trailing slash marks a folder)."""
     return [line.strip().rstrip("/") for line in text.splitlines() if line.strip()]
+
+
+def list_records(record_dir: Path) -> list[str]:
+    """Record names from the RECORDS file, or from the .hea files when there is none."""
+    listing = Path(record_dir) / RECORDS
+    if listing.is_file():
+        return parse_records(listing.read_text())
+    records = sorted(p.stem for p in Path(record_dir).glob("*.hea"))
+    if not records:
+        raise FileNotFoundError(
+            f"{record_dir}: no RECORDS file and no .hea files; run the fetch stage first"
+        )
+    log.warning("%s: no RECORDS file, using the %d .hea files found", record_dir, len(records))
+    return records
 
 
 @contextmanager
@@ -126,10 +143,50 @@ def save_shard(folder: Path, record: str, array: np.ndarray) -> Path:
     return shard_path(folder, record)
 
 
-def load_shard(folder: Path, record: str, mmap: bool = True) -> np.ndarray:
+def _maker(folder: Path, stage: str | None) -> str:
+    """Which stage to re-run for a folder's damaged shard (named by the caller, else guessed
+    from DVC's folder names)."""
+    if stage is None:
+        stage = next((s for s in ("spectrogram", "segment") if s in Path(folder).name), None)
+    return (f"re-run the {stage} stage (dvc repro --force {stage})" if stage
+            else f"re-run the stage that writes {folder}")
+
+
+def _check_shard_size(path: Path, fix: str) -> None:
+    """A shard cut short (an interrupted copy, a full disk) fails here, naming the file,
+    rather than as numpy's bare "mmap length is greater than file size" later."""
+    try:
+        with path.open("rb") as fh:
+            read_header = (np.lib.format.read_array_header_1_0
+                           if np.lib.format.read_magic(fh) == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(fh)
+            expected = fh.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable .npy shard ({err}); {fix}") from None
+    size = path.stat().st_size
+    if size < expected:
+        raise ValueError(f"{path}: truncated ({size} bytes, its header says {expected} for "
+                         f"shape {tuple(shape)}); {fix}")
+
+
+def load_shard(folder: Path, record: str, mmap: bool = True, *,
+               stage: str | None = None) -> np.ndarray:
+    """One record's shard (memory-mapped by default).
+
+    Args:
+        stage: the stage that writes `folder`, named in errors ("segment", "spectrogram");
+            None guesses it from the folder's name.
+
+    Raises:
+        FileNotFoundError: no shard for the record.
+        ValueError: the shard is truncated or not a .npy file (names the stage to re-run).
+    """
     path = shard_path(folder, record)
+    fix = _maker(folder, stage)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: shard of record {record} missing; re-run the stage")
+        raise FileNotFoundError(f"{path}: shard of record {record} missing; {fix}")
+    _check_shard_size(path, fix)
     return np.load(path, mmap_mode="r" if mmap else None)
 
 

@@ -6,6 +6,8 @@ Each stage declares a pydantic model; unknown keys, missing sections and wrong t
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -13,6 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_PARAMS = Path("params.yaml")
+# Every top-level section of params.yaml: one per stage plus the shared ones. A section that
+# is not here (a misspelt stage name) is an error, as an unknown key inside a section is.
+PARAMS_SECTIONS = ("dataset", "fetch", "segment", "split", "spectrogram", "train", "tracking",
+                   "evaluate", "export")
 
 
 class StrictModel(BaseModel):
@@ -40,16 +46,36 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(near)}?)" if near else ""
+
+
+def check_sections(data: dict, source: str = "params") -> None:
+    """Fails on a top-level section of a params file that no stage reads."""
+    unknown = [str(key) for key in data if key not in PARAMS_SECTIONS]
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown section(s) " + ", ".join(
+                f"'{name}'{_did_you_mean(name, PARAMS_SECTIONS)}" for name in unknown)
+            + f"; the sections are {', '.join(PARAMS_SECTIONS)}")
+
+
 def parse_section(data: dict, section: str, model: type[T], source: str = "params") -> T:
-    """Validates `data[section]` against `model`."""
+    """Validates `data[section]` against `model`; for a params file's own sections, first checks
+    that the file holds no unknown section."""
+    if section in PARAMS_SECTIONS:
+        check_sections(data, source)
     if section not in data:
         raise ValueError(f"{source}: missing section '{section}'; see the repository's params.yaml")
     try:
         return model.model_validate(data[section] or {})
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<section>'}: {e['msg']}" for e in err.errors()
-        )
+            f"{'.'.join(str(p) for p in e['loc']) or '<section>'}: {e['msg']}"
+            + (_did_you_mean(str(e["loc"][-1]), model.model_fields)
+               if e["type"] == "extra_forbidden" else "")
+            for e in err.errors())
         raise ValueError(f"{source} [{section}]: {problems}") from None
 
 

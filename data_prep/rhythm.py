@@ -42,6 +42,7 @@ EDGE, GAP, NO_RHYTHM, FEW_BEATS = "rr_edge", "rr_gap", "rr_no_rhythm", "rr_few_b
 class RhythmParams(StrictModel):
     """The `segment.rhythm:` section of params.yaml (see the comments there)."""
 
+    beat_labels: str
     local_beats: int = Field(ge=1)
     baseline_s: float = Field(gt=0)
     min_rr_s: float = Field(gt=0)
@@ -150,3 +151,16 @@ def window_features(times_s: np.ndarray, starts_s: np.ndarray, length_s: float,
         feats[w] = (r.mean(), r.std(), np.sqrt(np.mean(diffs**2)), np.mean(diffs > 0.05),
                     r.mean() / base, beats_per_s)
     return feats.astype(np.float32), status
+
+
+def feature_names(label_mode: str) -> tuple[str, ...]:
+    """The rhythm columns of the segment index: per beat in beat mode, per window otherwise."""
+    return BEAT_FEATURES if label_mode == "beat" else WINDOW_FEATURES
+
+
+def describe(label_mode: str, params: RhythmParams) -> dict:
+    """What the segment stage records in meta.json (and export copies into the bundle)."""
+    return {"features": list(feature_names(label_mode)), "status_column": STATUS,
+            "beats_from": "detector (XQRS)" if label_mode == "record" else "annotations",
+            "params": params.model_dump(mode="json"),
+            "definition": "data_prep/rhythm.py: seconds for rr_* intervals, ratios unitless"}

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -37,14 +36,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data_prep import layout, signals, wfdb_io
+from data_prep import layout, rhythm, signals, wfdb_io
 from data_prep.candidates import (
     RecordSkip,
     Segments,
+    attach_window_rhythm,
     beat_segments,
+    beat_times,
     record_segments,
     rhythm_segments,
 )
+from data_prep.cli import run_main
 from data_prep.configs import (
     DATABASES_DIR,
     DatabaseConfig,
@@ -55,6 +57,7 @@ from data_prep.configs import (
     resolve_annotator,
 )
 from data_prep.params import DatasetParams, parse_section, read_yaml
+from data_prep.skips import RecordResult, check_skips, summarise
 from data_prep.windows import SegmentParams, condition_and_cut, flat_windows, signal_quality
 
 log = logging.getLogger(__name__)
@@ -74,18 +77,7 @@ class Context:
     out_dir: Path
     annotator: str
     reference: dict[str, str]
-
-
-@dataclass
-class RecordResult:
-    """What one record contributed: its index rows and its counts (the shard is on disk)."""
-
-    record: str
-    segments: Segments | None = None
-    lead: str | None = None
-    fell_back: bool = False
-    skip: RecordSkip | None = None
-    index: pd.DataFrame | None = None
+    beat_symbols: frozenset[str]  # annotation symbols that are beats (segment.rhythm.beat_labels)
 
 
 def _read(reader: Callable[..., T], *args: object, missing: str, unreadable: str,
@@ -99,6 +91,25 @@ def _read(reader: Callable[..., T], *args: object, missing: str, unreadable: str
         raise RecordSkip(unreadable, lost, str(err)) from None
 
 
+def _header(ctx: Context, record: str) -> wfdb_io.Header:
+    """The record's header; one that cannot be read skips the record with the segments it
+    would have given: its labelled annotations when they can be read, else 1 (said so)."""
+    try:
+        return wfdb_io.read_header(ctx.record_dir, record,
+                                   tolerant=ctx.params.tolerant_headers)
+    except (FileNotFoundError, ValueError) as err:
+        reason = "missing_header" if isinstance(err, FileNotFoundError) else "unreadable_header"
+        lost, how = 1, "counted as 1 lost segment: how many it holds is unknown"
+        if ctx.params.label_mode == "beat":
+            try:
+                ann = wfdb_io.read_annotations(ctx.record_dir, record, ctx.annotator)
+                lost = max(int(np.isin(ann.symbol, list(ctx.labels.map)).sum()), 1)
+                how = f"{lost} labelled annotations in its .{ctx.annotator} lost"
+            except (FileNotFoundError, ValueError):
+                pass
+        raise RecordSkip(reason, lost, f"{err} ({how})") from None
+
+
 def _candidates(ctx: Context, record: str, header: wfdb_io.Header, n_out: int) -> Segments:
     params = ctx.params
     if params.label_mode == "record":
@@ -107,11 +118,14 @@ def _candidates(ctx: Context, record: str, header: wfdb_io.Header, n_out: int) -
             lost = signals.window_starts(n_out, length, stride).size
             raise RecordSkip("not_in_reference", lost, f"record {record} has no reference row")
         return record_segments(ctx.reference[record], n_out, params, ctx.labels)
-    ann = _read(wfdb_io.read_annotations, ctx.record_dir, record, ctx.annotator,
+    ann = _read(partial(wfdb_io.read_annotations, tolerant=params.tolerant_headers),
+                ctx.record_dir, record, ctx.annotator,
                 missing="missing_annotations", unreadable="unreadable_annotations")
     if params.label_mode == "beat":
         return beat_segments(ann, header.fs, header.n_samples, params, ctx.labels)
-    return rhythm_segments(ann, header.fs, n_out, params, ctx.labels)
+    seg = rhythm_segments(ann, header.fs, n_out, params, ctx.labels)
+    attach_window_rhythm(seg, beat_times(ann, header.fs, ctx.beat_symbols), params)
+    return seg
 
 
 def _windows(ctx: Context, record: str, header: wfdb_io.Header, seg: Segments,
@@ -119,12 +133,16 @@ def _windows(ctx: Context, record: str, header: wfdb_io.Header, seg: Segments,
     """Reads, conditions and cuts the record's signal; windows touching NaN samples or failing
     the signal-quality rule (`windows.flat_windows`, as predict applies it) are skipped."""
     params, lost = ctx.params, seg.sample.size
-    x = _read(wfdb_io.read_signal, ctx.record_dir, record, channel,
-              missing="missing_signal", unreadable="unreadable_signal", lost=lost)
+    x = _read(partial(wfdb_io.read_signal, tolerant=params.tolerant_headers), ctx.record_dir,
+              record, channel, missing="missing_signal", unreadable="unreadable_signal", lost=lost)
     if np.isnan(x).all():
         raise RecordSkip("all_nan", lost, f"record {record}: every sample of the lead is NaN")
+    if params.label_mode == "record":  # no beat annotations: the detector gives the beats
+        fs = header.signal_fs(channel)
+        filled = np.nan_to_num(x)
+        attach_window_rhythm(seg, wfdb_io.detect_qrs(filled, fs) / fs, params)
     try:
-        windows, clean = condition_and_cut(x, header.fs, seg.start, params)
+        windows, clean = condition_and_cut(x, header.signal_fs(channel), seg.start, params)
     except ValueError as err:  # e.g. a record shorter than the filter's padding
         raise RecordSkip("signal_error", lost, f"record {record}: {err}") from None
     seg.keep(clean, "nan_samples")
@@ -138,27 +156,33 @@ def process_record(ctx: Context, record: str) -> RecordResult:
     """Segments one record and writes its shard; a bad record becomes a counted skip."""
     result = RecordResult(record)
     try:
-        header = _read(wfdb_io.read_header, ctx.record_dir, record,
-                       missing="missing_header", unreadable="unreadable_header")
+        header = _header(ctx, record)
+        result.header_dropped = header.dropped
         n_out = signals.resampled_length(header.n_samples, header.fs, ctx.params.target_fs)
         result.segments = seg = _candidates(ctx, record, header, n_out)
         channel, result.fell_back = signals.choose_lead(
             header.sig_names, ctx.params.leads, ctx.params.lead_fallback)
         if channel is None:
+            fix = ("add one there or set lead_fallback: first" if header.sig_names
+                   else "the header lists no signal")
             raise RecordSkip("missing_lead", seg.sample.size,
                              f"record {record} has leads {list(header.sig_names)}, none of "
-                             f"segment.leads; add one there or set lead_fallback: first")
+                             f"segment.leads; {fix}")
         result.lead = header.sig_names[channel]
         windows = _windows(ctx, record, header, seg, channel)
     except RecordSkip as skip:
         log.warning("record %s skipped (%s)", record, skip)
         result.skip = skip
         return result
+    except Exception as err:  # not a foreseen bad record: stop, but say which record
+        raise RuntimeError(f"record {record}: unexpected {type(err).__name__}: {err}") from err
     if windows.shape[0]:
         layout.save_shard(ctx.out_dir, record, windows)
         result.index = pd.DataFrame({"record": record, "row": np.arange(windows.shape[0]),
                                      "sample": seg.sample, "label": seg.label,
-                                     "symbol": seg.symbol})
+                                     "symbol": seg.symbol,
+                                     **seg.rhythm_columns(rhythm.feature_names(
+                                         ctx.params.label_mode))})
     return result
 
 
@@ -172,58 +196,6 @@ def _process_all(ctx: Context, records: list[str], workers: int | None) -> list[
         return [process_record(ctx, record) for record in bar(records)]
     with ProcessPoolExecutor(workers) as pool:  # records are independent; order is kept
         return list(bar(pool.map(partial(process_record, ctx), records)))
-
-
-def summarise(results: list[RecordResult], excluded: dict[str, str], labels: LabelMap,
-              params: SegmentParams, database: str) -> dict:
-    """Counts of everything kept and left out, as written to summary.json."""
-    kept: Counter[str] = Counter()
-    skipped: Counter[str] = Counter()
-    non_beat: Counter[str] = Counter()
-    unknown: Counter[str] = Counter()
-    per_record = {}
-    for res in results:
-        seg = res.segments or Segments(*(np.empty(0),) * 3)
-        lost = Counter(seg.skipped) + (Counter({res.skip.reason: res.skip.lost}) if res.skip
-                                       else Counter())
-        kept.update(seg.label.tolist() if res.skip is None else [])
-        skipped.update(lost)
-        non_beat.update(seg.non_beat)
-        unknown.update(seg.unknown)
-        per_record[res.record] = {"kept": 0 if res.index is None else len(res.index),
-                                  "skipped": dict(lost)}
-    n_kept, n_skipped = sum(kept.values()), sum(skipped.values())
-    return {
-        "database": database, "label_mode": params.label_mode,
-        "records": {"processed": sum(r.skip is None for r in results),
-                    "skipped": {r.record: {"reason": r.skip.reason, "detail": r.skip.detail}
-                                for r in results if r.skip},
-                    "excluded": excluded},
-        "segments_kept": {c: kept.get(c, 0) for c in labels.classes}, "kept_total": n_kept,
-        "segments_skipped": dict(skipped.most_common()), "skipped_total": n_skipped,
-        "skip_fraction": n_skipped / max(n_kept + n_skipped, 1),
-        "max_skip_fraction": params.max_skip_fraction,
-        "non_beat_annotations": dict(non_beat.most_common()),
-        "unknown_labels": dict(unknown.most_common()),
-        "lead_fallbacks": {r.record: r.lead for r in results if r.fell_back and r.lead},
-        "per_record": per_record,
-    }
-
-
-def _check(summary: dict, path: Path) -> None:
-    """Fails the stage when too much was skipped, naming the worst records and reasons."""
-    if summary["kept_total"] == 0:
-        raise ValueError(f"no segment kept; see {path} for why each record was skipped")
-    if summary["skip_fraction"] <= summary["max_skip_fraction"]:
-        return
-    worst = sorted(summary["per_record"].items(), key=lambda kv: -sum(kv[1]["skipped"].values()))
-    names = "; ".join(f"{rec}: {counts['skipped']}" for rec, counts in worst[:5])
-    raise ValueError(
-        f"{summary['skipped_total']} of {summary['skipped_total'] + summary['kept_total']} "
-        f"labelled segments skipped ({summary['skip_fraction']:.2%} > segment.max_skip_fraction "
-        f"{summary['max_skip_fraction']:.2%}); worst records: {names}. Fix the records or the "
-        f"label map, exclude them in configs/databases, or raise max_skip_fraction; see {path}"
-    )
 
 
 def _clear(out_dir: Path) -> None:
@@ -247,8 +219,10 @@ def _context(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path,
         found = [p for p in (record_dir / ref, raw_dir / ref) if p.is_file()]
         reference = read_reference(found[0] if found else record_dir / ref)
     annotator = resolve_annotator(params.annotator, db)
+    beats = params.rhythm.beat_labels
+    beat_symbols = frozenset(load_label_map(Path(beats)).map) if beats else frozenset()
     return Context(params, load_label_map(Path(params.label_map)), record_dir, out_dir,
-                   annotator, reference)
+                   annotator, reference, beat_symbols)
 
 
 def run(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path, *,
@@ -261,13 +235,13 @@ def run(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path, *,
     """
     db = load_database(database, databases_dir)
     ctx = _context(params, database, Path(raw_dir), Path(out_dir), db)
-    records = wfdb_io.list_records(ctx.record_dir)
+    records = layout.list_records(ctx.record_dir)
     excluded = {r: db.exclude[r] for r in records if r in db.exclude}
     _clear(ctx.out_dir)
     results = _process_all(ctx, [r for r in records if r not in excluded], workers)
     summary = summarise(results, excluded, ctx.labels, params, database)
     layout.write_json(ctx.out_dir / layout.SUMMARY, summary)
-    _check(summary, ctx.out_dir / layout.SUMMARY)
+    check_skips(summary, ctx.out_dir / layout.SUMMARY)
     offset, length, _ = params.geometry()
     layout.write_index(ctx.out_dir / layout.INDEX,
                        pd.concat([r.index for r in results if r.index is not None]))
@@ -279,6 +253,7 @@ def run(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path, *,
         # read what the stage did from here, never from params.yaml
         "params": params.model_copy(update={"annotator": ctx.annotator}).model_dump(mode="json"),
         "signal_quality": signal_quality(),
+        "rhythm": rhythm.describe(params.label_mode, params.rhythm),
     })
     log.info("%s: %d segments kept %s, %d skipped (%.2f%%)", database, summary["kept_total"],
              summary["segments_kept"], summary["skipped_total"], 100 * summary["skip_fraction"])
@@ -301,4 +276,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

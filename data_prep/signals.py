@@ -14,11 +14,12 @@ FALLBACKS = ("first", "skip")
 
 
 def choose_lead(
-    sig_names: list[str] | tuple[str, ...], preferences: list[str], fallback: str
+    sig_names: list[str | None] | tuple[str | None, ...], preferences: list[str], fallback: str
 ) -> tuple[int | None, bool]:
     """Picks the channel to use: the first name of `preferences` that the record has.
 
-    Names match case-insensitively, ignoring surrounding spaces. When none is present,
+    Names match case-insensitively, ignoring surrounding spaces; a signal without a name
+    (None) matches nothing. When none is present,
     `fallback` decides: "first" takes channel 0 (the caller counts it as a fallback), "skip"
     returns no channel so the caller skips the record.
 
@@ -27,9 +28,9 @@ def choose_lead(
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"lead_fallback '{fallback}' unknown; use one of {FALLBACKS}")
-    present = [name.strip().casefold() for name in sig_names]
+    present = [(name or "").strip().casefold() for name in sig_names]
     for wanted in preferences:
-        if wanted.strip().casefold() in present:
+        if wanted.strip() and wanted.strip().casefold() in present:
             return present.index(wanted.strip().casefold()), False
     if fallback == "first" and present:
         return 0, True

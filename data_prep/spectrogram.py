@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from data_prep.cli import run_main
 from data_prep.layout import (
     ASSIGNMENT,
     INDEX,
@@ -197,4 +198,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import Field, model_validator
 
+from data_prep.cli import run_main
 from data_prep.configs import DATABASES_DIR, DatabaseConfig, SplitDefinition, load_database
 from data_prep.folds import assign_folds, holdout_subjects
 from data_prep.layout import (
@@ -225,4 +226,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

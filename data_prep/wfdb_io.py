@@ -1,4 +1,4 @@
-"""The only module that imports `wfdb`: reading records and annotations, listing, downloading.
+"""The only module that imports `wfdb`: reading records and annotations, beats, downloads.
 
 Reading turns every wfdb failure (missing file, truncated signal, unparsable header, corrupt
 annotations) into a `FileNotFoundError`/`ValueError` that names the record, the file and the
@@ -22,11 +22,18 @@ import wfdb
 from wfdb.io import download
 from wfdb.io._url import NetFileError, NetFileNotFoundError
 
-from data_prep import layout
+from data_prep import signals
+from data_prep.wfdb_files import (
+    HEADER_FIX,
+    annotation_complete,
+    header_problem,
+    without_date,
+)
 
 log = logging.getLogger(__name__)
 
 REFETCH = "re-run fetch (dvc repro fetch) or fix the mirror"
+DETECT_FS = 250.0  # XQRS's thresholds are tuned near 250-360 Hz; at 1000 Hz it finds nothing
 
 
 class PhysioNetUnreachable(ConnectionError):
@@ -35,18 +42,31 @@ class PhysioNetUnreachable(ConnectionError):
 
 @dataclass(frozen=True)
 class Header:
-    """What a record header says: sampling rate, length, lead names, signal files."""
+    """What a record header says: sampling rate, length, lead names, signal files.
+
+    `fs` and `n_samples` count frames; a signal with several samples per frame is read at
+    `signal_fs(channel)`. Signals without a description get the name "sig<i>". `dropped` names
+    the fields a tolerant read had to ignore (empty for a well-formed header).
+    """
 
     record: str
     fs: float
     n_samples: int
     sig_names: tuple[str, ...]
     files: tuple[str, ...]
+    samps_per_frame: tuple[int, ...] = ()
+    dropped: tuple[str, ...] = ()
+
+    def signal_fs(self, channel: int) -> float:
+        """The rate of one signal: the frame rate times its samples per frame."""
+        spf = self.samps_per_frame[channel] if self.samps_per_frame else 1
+        return self.fs * spf
 
 
 @dataclass(frozen=True)
 class Annotations:
-    """One annotation file: sample indices, symbols and aux notes (trailing NULs stripped)."""
+    """One annotation file: sample indices (at the record's frame rate), symbols and aux notes
+    (trailing NULs stripped)."""
 
     sample: np.ndarray
     symbol: np.ndarray
@@ -66,69 +86,127 @@ def _reading(record: str, path: Path | str, fix: str) -> Iterator[None]:
         ) from None
 
 
-def read_header(record_dir: Path, record: str) -> Header:
-    """Reads a record's header (.hea).
+@contextmanager
+def _record(record_dir: Path, record: str, tolerant: bool) -> Iterator[tuple[str, tuple]]:
+    """The path to give wfdb for a record, and the header fields dropped to make it readable.
 
     Raises:
         FileNotFoundError: the header is missing.
-        ValueError: wfdb cannot parse it.
+        ValueError: the header cannot be parsed (and tolerance is off or does not help).
+    """
+    path, base = Path(record_dir) / f"{record}.hea", str(Path(record_dir) / record)
+    dropped: tuple[str, ...] = ()
+    try:
+        wfdb.rdheader(base)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"record {record}: {path} not found; {REFETCH}") from None
+    except Exception as err:  # wfdb raises ValueError, IndexError... on a malformed header
+        if not tolerant:
+            raise header_problem(record, path, err, tolerant) from None
+        dropped, problem = ("base_time", "base_date"), err
+    if not dropped:
+        yield base, dropped
+        return
+    with without_date(record_dir, record) as fixed:
+        try:
+            wfdb.rdheader(fixed)
+        except Exception:  # not (only) the date/time: report the original problem
+            raise header_problem(record, path, problem, tolerant) from None
+        log.info("record %s: %s read without its date/time fields", record, path)
+        yield fixed, dropped
+
+
+def _signal_layout(head: wfdb.Record | wfdb.MultiRecord, base: str) -> tuple[list, list, list]:
+    """Lead names, signal files and samples per frame; a multi-segment record's come from its
+    layout segment (or first segment), whose signals the whole record shares."""
+    if isinstance(head, wfdb.MultiRecord):
+        segments = wfdb.rdheader(base, rd_segments=True).segments
+        first = next(s for s in segments if s is not None)
+        files = [f for s in segments if s is not None for f in (s.file_name or [])]
+        return list(first.sig_name or []), files, list(first.samps_per_frame or [])
+    return list(head.sig_name or []), list(head.file_name or []), list(head.samps_per_frame or [])
+
+
+def read_header(record_dir: Path, record: str, *, tolerant: bool = False) -> Header:
+    """Reads a record's header (.hea), single- or multi-segment.
+
+    Args:
+        tolerant: retry a header whose date/time fields wfdb cannot parse without them;
+            `Header.dropped` then names them so that the caller can count it.
+
+    Raises:
+        FileNotFoundError: the header is missing.
+        ValueError: wfdb cannot parse it (names the field and the fix).
     """
     path = Path(record_dir) / f"{record}.hea"
-    with _reading(record, path, REFETCH):
-        head = wfdb.rdheader(str(Path(record_dir) / record))
+    with _record(record_dir, record, tolerant) as (base, dropped), \
+            _reading(record, path, HEADER_FIX):
+        head = wfdb.rdheader(base)
         n_samples = head.sig_len
         if n_samples is None:  # optional in the header format: the signal file says
-            n_samples = wfdb.rdrecord(str(Path(record_dir) / record)).sig_len
-        files = getattr(head, "file_name", None) or []
-        return Header(record, float(head.fs), int(n_samples), tuple(head.sig_name or ()),
-                      tuple(dict.fromkeys(files)))
+            n_samples = wfdb.rdrecord(base).sig_len
+        names, files, spf = _signal_layout(head, base)
+    unnamed = [i for i, name in enumerate(names) if not (name or "").strip()]
+    if unnamed:
+        log.info("record %s: signals %s have no description; named sig<i>", record, unnamed)
+    names = [f"sig{i}" if i in unnamed else name for i, name in enumerate(names)]
+    return Header(record, float(head.fs), int(n_samples), tuple(names),
+                  tuple(dict.fromkeys(files)), tuple(int(n) for n in spf), dropped)
 
 
-def read_signal(record_dir: Path, record: str, channel: int) -> np.ndarray:
-    """Reads one channel in physical units; samples wfdb marks invalid come back as NaN.
+def read_signal(record_dir: Path, record: str, channel: int, *,
+                tolerant: bool = False) -> np.ndarray:
+    """Reads one channel in physical units at its own rate (`Header.signal_fs`); samples wfdb
+    marks invalid come back as NaN.
 
     Raises:
         FileNotFoundError: the signal file is missing.
         ValueError: the signal file is truncated or corrupt.
     """
-    header = read_header(record_dir, record)
+    header = read_header(record_dir, record, tolerant=tolerant)
     files = ", ".join(str(Path(record_dir) / f) for f in header.files) or f"{record}.dat"
-    with _reading(record, files, REFETCH):
-        rec = wfdb.rdrecord(str(Path(record_dir) / record), channels=[channel], return_res=64)
-        signal = np.asarray(rec.p_signal, dtype=np.float64)[:, 0]
-        if signal.shape[0] != header.n_samples:
-            raise ValueError(f"{signal.shape[0]} samples, header says {header.n_samples}")
+    expected = header.n_samples * round(header.signal_fs(channel) / header.fs)
+    with _record(record_dir, record, tolerant) as (base, _), _reading(record, files, REFETCH):
+        rec = wfdb.rdrecord(base, channels=[channel], return_res=64, smooth_frames=False)
+        signal = np.asarray(rec.e_p_signal[0], dtype=np.float64)
+        if signal.shape[0] != expected:
+            raise ValueError(f"{signal.shape[0]} samples, header says {expected}")
     return signal
 
 
-def read_annotations(record_dir: Path, record: str, extension: str) -> Annotations:
-    """Reads an annotation file (e.g. `.atr`).
+def _record_fs(record_dir: Path, record: str, tolerant: bool) -> float | None:
+    try:
+        return read_header(record_dir, record, tolerant=tolerant).fs
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def read_annotations(record_dir: Path, record: str, extension: str, *,
+                     tolerant: bool = False) -> Annotations:
+    """Reads an annotation file (e.g. `.atr`), its samples at the record's frame rate.
+
+    An annotation file may carry its own time resolution (`ann.fs`); its samples are then
+    mapped to the record header's rate.
 
     Raises:
         FileNotFoundError: the record has no such annotation file.
-        ValueError: the annotation file is corrupt.
+        ValueError: the annotation file is corrupt, or truncated (no end-of-file marker).
     """
     path = Path(record_dir) / f"{record}.{extension}"
     fix = f"{REFETCH}, or set segment.annotator to an annotator this database has"
     with _reading(record, path, fix):
         ann = wfdb.rdann(str(Path(record_dir) / record), extension)
+        if not annotation_complete(path):
+            raise ValueError(f"the file ends before its end-of-file marker (truncated after "
+                             f"{len(ann.sample)} annotations)")
+    sample = np.asarray(ann.sample, dtype=np.int64)
+    record_fs = _record_fs(record_dir, record, tolerant)
+    if ann.fs and record_fs and abs(float(ann.fs) - record_fs) > 1e-6:
+        log.info("record %s: %s is at %g Hz, the record at %g Hz; samples mapped", record,
+                 path.name, ann.fs, record_fs)
+        sample = signals.map_samples(sample, float(ann.fs), record_fs)
     aux = [(note or "").rstrip("\x00") for note in (ann.aux_note or [""] * len(ann.sample))]
-    return Annotations(np.asarray(ann.sample, dtype=np.int64),
-                       np.asarray(ann.symbol, dtype=str), np.asarray(aux, dtype=str))
-
-
-def list_records(record_dir: Path) -> list[str]:
-    """Record names from the RECORDS file, or from the .hea files when there is none."""
-    listing = Path(record_dir) / layout.RECORDS
-    if listing.is_file():
-        return layout.parse_records(listing.read_text())
-    records = sorted(p.stem for p in Path(record_dir).glob("*.hea"))
-    if not records:
-        raise FileNotFoundError(
-            f"{record_dir}: no RECORDS file and no .hea files; run the fetch stage first"
-        )
-    log.warning("%s: no RECORDS file, using the %d .hea files found", record_dir, len(records))
-    return records
+    return Annotations(sample, np.asarray(ann.symbol, dtype=str), np.asarray(aux, dtype=str))
 
 
 def detect_qrs(signal: np.ndarray, fs: float) -> np.ndarray:
@@ -151,8 +229,10 @@ def detect_qrs(signal: np.ndarray, fs: float) -> np.ndarray:
     x = np.asarray(signal, dtype=np.float64)
     if x.size < 2 * fs:  # XQRS learns over its first seconds; shorter input has no beat to find
         return np.empty(0, dtype=np.int64)
-    found = processing.xqrs_detect(x, fs=float(fs), verbose=False)
-    return np.unique(np.asarray(found, dtype=np.int64))
+    at_detect = signals.resample(x, fs, DETECT_FS)
+    found = processing.xqrs_detect(at_detect, fs=DETECT_FS, verbose=False)
+    beats = signals.map_samples(np.asarray(found, dtype=np.int64), DETECT_FS, fs)
+    return np.unique(np.clip(beats, 0, x.size - 1))
 
 
 # ----------------------------------------------------------------------------- download

@@ -16,6 +16,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from data_prep import signals
 from data_prep.params import StrictModel
+from data_prep.rhythm import RhythmParams
 
 # Lead-off and saturation show as a raw value that does not change: a window is "flat" when at
 # least FLAT_FRACTION of it lies in constant stretches of FLAT_RUN_S or longer. A real ECG is
@@ -39,6 +40,8 @@ class SegmentParams(StrictModel):
     window_s: PositiveFloat
     window_stride_s: PositiveFloat
     max_skip_fraction: float = Field(ge=0.0, le=1.0)
+    tolerant_headers: bool = False
+    rhythm: RhythmParams
 
     @model_validator(mode="after")
     def _consistent(self) -> SegmentParams:

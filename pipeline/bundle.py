@@ -21,6 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from data_prep.layout import sha256_file
+
 BUNDLE_FORMAT = 2  # bump on any change an older reader would misread (2: image params only)
 BUNDLE_JSON, MODEL_ONNX, MODEL_CARD = "bundle.json", "model.onnx", "model_card.md"
 PACKAGE = "ecg-spectro-tl"
@@ -52,7 +54,12 @@ def read_bundle_json(folder: Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{path}: missing; pass a folder written by the export stage "
             "(python -m pipeline.export ... --out models/export/<run>)")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleFormatError(f"{path}: not valid JSON ({err}); the file is damaged or cut "
+                                f"short: copy the bundle folder again or re-export it "
+                                f"(python -m pipeline.export)") from None
     found = meta.get("bundle_format") if isinstance(meta, dict) else None
     if not isinstance(found, int) or isinstance(found, bool):
         raise BundleFormatError(f"{path}: no integer 'bundle_format'; not an export bundle, or "
@@ -68,7 +75,21 @@ def read_bundle_json(folder: Path) -> dict[str, Any]:
     if not model.is_file():
         raise FileNotFoundError(f"{model}: the bundle's network is missing; copy the whole "
                                 "bundle folder or re-export it")
+    _check_digest(model, meta.get("model", {}).get("sha256"), path)
     return meta
+
+
+def _check_digest(model: Path, recorded: str | None, source: Path) -> None:
+    """The network must be the one export wrote: an altered file may load and predict nonsense."""
+    if not recorded:
+        raise BundleFormatError(f"{source}: records no sha256 for {model.name}; re-export the "
+                                "bundle (python -m pipeline.export)")
+    found = sha256_file(model)
+    if found != recorded:
+        raise BundleFormatError(
+            f"{model}: sha256 {found[:12]}... differs from the {recorded[:12]}... that {source} "
+            "records: the file was altered or damaged; copy the bundle folder again or "
+            "re-export it (python -m pipeline.export)")
 
 
 def write_bundle_json(folder: Path, meta: dict[str, Any]) -> Path:

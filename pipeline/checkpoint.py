@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from data_prep.layout import atomic_path, read_json, write_json
 
@@ -42,11 +44,18 @@ def load_weights(module: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file missing; re-run the train stage")
     device = next(iter(module.state_dict().values()), torch.empty(0)).device
-    load_model(_unwrap(module), path, strict=True, device=str(device))
+    try:
+        load_model(_unwrap(module), path, strict=True, device=str(device))
+    except SafetensorError as err:  # truncated or overwritten: the bare error names no file
+        raise ValueError(f"{path}: damaged weights file ({err}); re-run the train stage that "
+                         f"wrote {path.parent} (dvc repro --force train)") from None
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
-    # torch.compile wraps the module; its state dict keys carry an "_orig_mod." prefix
+    # DistributedDataParallel and torch.compile wrap the module; their state dict keys carry a
+    # "module." / "_orig_mod." prefix
+    if isinstance(module, DistributedDataParallel):
+        module = module.module
     return getattr(module, "_orig_mod", module)
 
 

@@ -162,14 +162,27 @@ def balanced_sampler(targets: np.ndarray, generator: torch.Generator) -> Weighte
     )
 
 
-class SpectrogramDataset(Dataset):
-    """Images of one split as uint8 (H, W) tensors with int64 targets, read from mmap shards."""
+def rhythm_matrix(frame: pd.DataFrame, columns: list[str], source: Path) -> np.ndarray:
+    """float32 (n, F) rhythm features of the frame's rows (index columns written by segment)."""
+    if missing := [c for c in columns if c not in frame.columns]:
+        raise ValueError(f"{source}: no rhythm columns {missing}; re-run the segment and "
+                         "spectrogram stages (dvc repro spectrogram)")
+    values = frame[list(columns)].to_numpy(dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{source}: rhythm features hold NaN/inf; re-run the segment stage")
+    return values
 
-    def __init__(self, spectrograms: Path, frame: pd.DataFrame):
+
+class SpectrogramDataset(Dataset):
+    """Images of one split as uint8 (H, W) or (C, H, W) tensors with int64 targets, read from
+    mmap shards; with `rr` also each row's rhythm features: items (image, rr, target)."""
+
+    def __init__(self, spectrograms: Path, frame: pd.DataFrame, rr: np.ndarray | None = None):
         self.spectrograms = spectrograms
         self.records = frame["record"].to_numpy(dtype=object)
         self.rows = frame["row"].to_numpy(dtype=np.int64)
         self.targets = frame["target"].to_numpy(dtype=np.int64)
+        self.rr = None if rr is None else torch.from_numpy(np.asarray(rr, dtype=np.float32))
         self._shards: dict[str, np.ndarray] = {}
         for record in dict.fromkeys(self.records):  # fail now, not in a worker mid-epoch
             if not shard_path(spectrograms, record).is_file():
@@ -179,12 +192,16 @@ class SpectrogramDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple:
         record = self.records[i]
         shard = self._shards.get(record)
         if shard is None:
-            shard = self._shards[record] = load_shard(self.spectrograms, record, mmap=True)
-        return torch.from_numpy(np.array(shard[self.rows[i]])), int(self.targets[i])
+            shard = load_shard(self.spectrograms, record, mmap=True, stage="spectrogram")
+            self._shards[record] = shard
+        image = torch.from_numpy(np.array(shard[self.rows[i]]))
+        if self.rr is None:
+            return image, int(self.targets[i])
+        return image, self.rr[i], int(self.targets[i])
 
     def __getstate__(self) -> dict:
         # workers open their own memory maps

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from contextlib import nullcontext
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,11 +49,28 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
-def model_input(
-    x: torch.Tensor, device: torch.device, prepare: nn.Module | None
-) -> torch.Tensor:
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def split_batch(batch: Any) -> tuple[Inputs, torch.Tensor]:
+    """A loader batch (x, y) or (x, rr, y) -> (inputs, targets); several inputs stay a tuple."""
+    *xs, y = batch
+    return (xs[0] if len(xs) == 1 else tuple(xs)), y
+
+
+def forward(module: nn.Module, inputs: Inputs) -> torch.Tensor:
+    """Calls `module` with one input or several (image and rhythm features)."""
+    return module(*inputs) if isinstance(inputs, tuple) else module(inputs)
+
+
+def model_input(x: Inputs, device: torch.device, prepare: nn.Module | None) -> Any:
     """Non-blocking copy (the loader pins memory on CUDA), preprocessing on the device, and
-    channels_last for image batches on CUDA. Half-precision cached features become float32."""
+    channels_last for image batches on CUDA. Half-precision cached features become float32.
+    With several inputs, the first (images or features) is prepared; the others (rhythm
+    features) are copied as float32."""
+    if isinstance(x, tuple):
+        rest = tuple(t.to(device, non_blocking=True).float() for t in x[1:])
+        return (model_input(x[0], device, prepare), *rest)
     x = x.to(device, non_blocking=True)
     if prepare is not None:
         x = prepare(x)

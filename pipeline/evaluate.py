@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from data_prep.cli import run_main
 from data_prep.layout import META, PREVIEW, atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
 from pipeline import data, plots, run_tracking
@@ -275,4 +276,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -38,6 +38,7 @@ import timm
 import torch
 from pydantic import Field
 
+from data_prep.cli import run_main
 from data_prep.configs import load_label_map
 from data_prep.layout import META, SEGMENTS_META, load_shard, read_json, sha256_file
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
@@ -222,9 +223,19 @@ def _atol(params: ExportParams, reports: Path) -> float:
     return params.parity_atol_amp
 
 
+def _remove_leftovers(out: Path) -> None:
+    """Removes the hidden work folders an interrupted export of `out` left beside it."""
+    for stale in out.parent.glob(f".{out.name}.*"):
+        if stale.is_dir():
+            log.info("removing %s, left by an interrupted export", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def run(params: ExportParams, model_dir: Path, reports: Path, segments: Path,
         spectrograms: Path, out: Path, splits: Path = Path("data/splits")) -> dict:
     """Writes the bundle of `model_dir` to `out` (module doc); returns its bundle.json content."""
+    if params.register_model:  # a down server must fail now, not after building the bundle
+        run_tracking.check_tracking_server()
     seg, image, described, quality = recorded_preprocessing(segments, spectrograms)
     model, preprocess, resolved = load_model(model_dir)
     classes = list(resolved["classes"])
@@ -234,6 +245,7 @@ def run(params: ExportParams, model_dir: Path, reports: Path, segments: Path,
         raise ValueError(f"{reports / PREDICTIONS}: no test rows to check the bundle "
                          "against; add test to evaluate.splits and re-run evaluate")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     work.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared
     try:  # built beside `out` and moved there only once complete: a failure leaves no bundle
@@ -282,4 +294,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

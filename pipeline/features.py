@@ -85,6 +85,16 @@ def extract_features(
     return torch.cat(feats), torch.cat(targets)
 
 
+def cache_files(folder: Path, split: str) -> tuple[Path, Path]:
+    """The features and targets files of one split in a cache folder."""
+    return folder / f"{split}.features.npy", folder / f"{split}.targets.npy"
+
+
+def is_cached(folder: Path, split: str) -> bool:
+    """Whether a split's cache entry is complete (features are written last)."""
+    return all(path.is_file() for path in cache_files(folder, split))
+
+
 def cached_features(
     folder: Path,
     split: str,
@@ -103,8 +113,8 @@ def cached_features(
         A `TensorDataset` of (features, targets), features in the storage dtype (float16 halves
         RAM and host-to-device traffic; `device.model_input` casts batches to float32).
     """
-    feat_path, target_path = folder / f"{split}.features.npy", folder / f"{split}.targets.npy"
-    if feat_path.is_file() and target_path.is_file():
+    feat_path, target_path = cache_files(folder, split)
+    if is_cached(folder, split):
         log.info("cached %s features: %s", split, feat_path)
         feats = np.load(feat_path)
         targets = np.load(target_path)
@@ -174,12 +184,14 @@ class TrainSets:
 
 def cached_head_sets(model: nn.Module, pre_logits: str, images: dict[str, Dataset],
                      folder: Path, device: torch.device, preprocess: nn.Module,
-                     batch_size: int, workers: int, dtype: str) -> TrainSets:
-    """The head of a frozen `model` and its cached feature datasets (see `feature_datasets`)."""
+                     batch_size: int, workers: int, dtype: str,
+                     extract: Callable[..., dict[str, TensorDataset]] | None = None) -> TrainSets:
+    """The head of a frozen `model` and its cached feature datasets, made by `extract`
+    (`feature_datasets`, or `distributed.feature_datasets` to share the work across ranks)."""
     feature_fn, head = feature_extractor(model, pre_logits)
     model.to(device).eval()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    sets = feature_datasets(feature_fn, images, folder, device, preprocess,
-                            batch_size=batch_size, workers=workers, dtype=dtype)
+    sets = (extract or feature_datasets)(feature_fn, images, folder, device, preprocess,
+                                         batch_size=batch_size, workers=workers, dtype=dtype)
     return TrainSets(head, sets, None, workers=0, batch_index=True)

@@ -17,6 +17,8 @@ saturated), and record-level rows (shorter_than_window, no_beats, all_nan, signa
 record_error). Each is also logged as a warning.
 
 Run: python -m pipeline.predict --bundle models/export/<run> RECORD_OR_FOLDER... --out p.csv
+A bad record is a record_error row, never the end of the run; the CSV is always written and the
+exit status is 1 when nothing was classified. Errors are one line; --debug shows tracebacks.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import onnxruntime as ort
 import pandas as pd
 
 from data_prep import signals, wfdb_io
+from data_prep.cli import DEBUG_FLAG, run_main
 from data_prep.configs import LabelMap, resolve_annotator
+from data_prep.layout import list_records
 from data_prep.stft import ImageParams, spectrogram_images
 from data_prep.windows import SegmentParams, cut_beats, cut_fixed, flat_windows
 from pipeline.bundle import read_bundle_json
@@ -115,7 +119,8 @@ class Bundle:
         """
         path = Path(record_path)
         folder, name = path.parent, path.name.removesuffix(".hea").removesuffix(".dat")
-        header = wfdb_io.read_header(folder, name)
+        tolerant = self.segment.tolerant_headers
+        header = wfdb_io.read_header(folder, name, tolerant=tolerant)
         wanted = [lead] if lead else self.segment.leads
         channel, _ = signals.choose_lead(header.sig_names, wanted, "skip")
         if channel is None:
@@ -123,23 +128,38 @@ class Bundle:
                 f"record {folder / name}: leads {list(header.sig_names)}, none of {wanted} that "
                 f"the bundle was trained on; pass lead=<name> (CLI --lead) to use another lead "
                 "knowingly")
-        x = wfdb_io.read_signal(folder, name, channel)
+        x = wfdb_io.read_signal(folder, name, channel, tolerant=tolerant)
+        fs = header.signal_fs(channel)  # the lead's own rate: it may hold several per frame
         beats = symbols = None
         if self.segment.label_mode == "beat":
             beats, symbols = self._annotated_beats(folder, name, annotator)
-        return self.predict_signal(x, header.fs, beats, record=name, symbols=symbols)
+        if beats is not None:  # annotations count frames
+            beats = signals.map_samples(beats, header.fs, fs)
+        return self.predict_signal(x, fs, beats, record=name, symbols=symbols)
 
     def predict_folder(self, folder: str | Path, annotator: str | None = BUNDLE_ANNOTATOR,
                        lead: str | None = None) -> pd.DataFrame:
         """Every record of a folder (its RECORDS file, else its .hea files); a record that fails
         gives one record_error row (and a warning) instead of stopping the others."""
-        tables = []
-        for name in wfdb_io.list_records(Path(folder)):
-            try:
-                tables.append(self.predict_record(Path(folder) / name, annotator, lead))
-            except (ValueError, FileNotFoundError) as err:
-                tables.append(self._problem(name, "record_error", str(err)))
+        tables = [self.predict_record_or_error(Path(folder) / name, annotator, lead)
+                  for name in list_records(Path(folder))]
         return pd.concat(tables, ignore_index=True)
+
+    def predict_record_or_error(self, record_path: str | Path,
+                                annotator: str | None = BUNDLE_ANNOTATOR,
+                                lead: str | None = None) -> pd.DataFrame:
+        """`predict_record`, with any error of this record as one record_error row (its message
+        in the note column; the traceback in the debug log), as folder runs report it."""
+        name = Path(record_path).name.removesuffix(".hea").removesuffix(".dat")
+        try:
+            return self.predict_record(record_path, annotator, lead)
+        except (ValueError, OSError) as err:
+            note = str(err)
+        except Exception as err:  # an odd file wfdb trips on, or a bug: this record only
+            note = (f"record {name}: unexpected {type(err).__name__}: {err}; re-run with "
+                    "--debug for the traceback and report it")
+        log.debug("record %s failed", name, exc_info=True)
+        return self._problem(name, "record_error", note)
 
     # ------------------------------------------------------------------------- internals
 
@@ -151,7 +171,12 @@ class Bundle:
         if ext is None or not (folder / f"{name}.{ext}").is_file():
             log.info("record %s: no .%s annotations; detecting beats (XQRS)", name, ext)
             return None, None
-        ann = wfdb_io.read_annotations(folder, name, ext)
+        try:
+            ann = wfdb_io.read_annotations(folder, name, ext,
+                                           tolerant=self.segment.tolerant_headers)
+        except ValueError as err:
+            raise ValueError(f"{err}; or pass annotator=None (CLI --annotator none) to detect "
+                             "beats instead") from None
         beat = ~np.isin(ann.symbol, self.labels.ignore)
         if not beat.any():
             log.warning("record %s: .%s holds no beat annotation; detecting beats", name, ext)
@@ -233,18 +258,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--annotator", default=BUNDLE_ANNOTATOR,
                         help="beat annotation extension (default: the bundle's); 'none' detects")
     parser.add_argument("--lead", help="use this lead instead of the bundle's preference list")
+    parser.add_argument(DEBUG_FLAG, action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     annotator = None if args.annotator.lower() == "none" else args.annotator
     bundle = load_bundle(args.bundle)
     tables = [bundle.predict_folder(p, annotator, args.lead) if p.is_dir()
-              else bundle.predict_record(p, annotator, args.lead) for p in args.inputs]
+              else bundle.predict_record_or_error(p, annotator, args.lead) for p in args.inputs]
     table = pd.concat(tables, ignore_index=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.6g")
-    log.info("wrote %s: %d rows, %d classified", args.out, len(table),
-             int((table["status"] == "ok").sum()))
+    n_ok = int((table["status"] == "ok").sum())
+    log.info("wrote %s: %d rows, %d classified", args.out, len(table), n_ok)
+    if not n_ok:
+        raise ValueError(f"nothing classified in {table['record'].nunique()} record(s); the "
+                         f"status and note columns of {args.out} say why for each")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,15 +16,19 @@ converts to ONNX.
 from __future__ import annotations
 
 import logging
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import timm
 import torch
 from torch import nn
 
 from data_prep.layout import atomic_path, read_json
 from pipeline.checkpoint import load_weights
+from pipeline.engine import FitResult
 from pipeline.freeze import FreezeReport, apply_freeze
 from pipeline.models import build_model, model_data_config
 from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
@@ -101,6 +105,36 @@ def build_for_training(backbone: str, freeze: str, num_classes: int, image_size:
     spec = preprocess_spec(model_data_config(model), channels, image_size)
     prepare = ModelInput(Preprocess.from_spec(spec), SpecAugment(**augment))
     return TrainingModel(model, source, report, spec, prepare)
+
+
+def train_metrics(result: FitResult, train_images: int, val_images: int, seconds: float) -> dict:
+    """metrics.json of a train run: the selected epoch's scores and what the run did."""
+    best = result.history[result.best_epoch - 1]
+    return {
+        "best_epoch": result.best_epoch,
+        "best_val_macro_f1": best["val_macro_f1"],
+        "best_val_acc": best["val_acc"],
+        "best_val_loss": best["val_loss"],
+        "train_macro_f1_at_best": best["train_macro_f1"],
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "train_images": train_images,
+        "val_images": val_images,
+        "train_seconds": round(seconds, 1),  # of this call (a resumed run counts its part)
+    }
+
+
+def split_counts(frame: pd.DataFrame, classes: list[str]) -> dict[str, dict[str, int]]:
+    """Images per split and class (resolved_config.json "counts")."""
+    table = pd.crosstab(frame["split"], frame["label"]).reindex(columns=classes, fill_value=0)
+    return {split: {c: int(n) for c, n in row.items()} for split, row in table.iterrows()}
+
+
+def library_versions() -> dict[str, str]:
+    """The versions a trained result depends on (resolved_config.json "versions")."""
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "numpy": np.__version__,
+            "cuda": torch.version.cuda or "none"}
 
 
 def read_resolved(folder: Path) -> dict:

@@ -200,15 +200,16 @@ def log_evaluation(
 @contextmanager
 def evaluation_run(params: TrackingParams | None, folder: Path) -> Iterator[str | None]:
     """Reopens the MLflow run train opened for `folder` (its mlflow_run.json) around an
-    evaluation: FINISHED when the block completes, FAILED when it raises. Yields the run id,
-    or None without tracking (`params` None)."""
+    evaluation: FINISHED when the block completes, FAILED when it raises, except that a run an
+    earlier evaluation FINISHED stays FINISHED (the error in its `last_error` tag). Yields the
+    run id, or None without tracking (`params` None)."""
     if params is None:
         yield None
         return
     check_tracking_server()  # fail before minutes of inference, not after
     run_id = str(read_run_file(folder)["run_id"])
-    tracking.resume_run(run_id)
-    with tracking.fail_on_error(run_id):
+    previous = tracking.resume_run(run_id)
+    with tracking.fail_on_error(run_id, previous_status=previous):
         yield run_id
     tracking.end_run(run_id, "FINISHED")
 

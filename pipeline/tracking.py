@@ -78,8 +78,12 @@ def start_run(
     return run.info.run_id
 
 
-def resume_run(run_id: str, *, uri: str | None = None) -> None:
-    """Reopens a run created by another process (marks it RUNNING again if it had ended)."""
+def resume_run(run_id: str, *, uri: str | None = None) -> str:
+    """Reopens a run created by another process (marks it RUNNING again if it had ended).
+
+    Returns:
+        The status it had (FINISHED, FAILED, RUNNING...), for `fail_on_error`.
+    """
     client = _client(uri)
     try:
         run = client.get_run(run_id)
@@ -90,6 +94,7 @@ def resume_run(run_id: str, *, uri: str | None = None) -> None:
         ) from err
     if run.info.status != "RUNNING":
         client.update_run(run_id, status="RUNNING")
+    return str(run.info.status)
 
 
 def end_run(run_id: str, status: str = "FINISHED", *, uri: str | None = None) -> None:
@@ -100,12 +105,22 @@ def end_run(run_id: str, status: str = "FINISHED", *, uri: str | None = None) ->
 
 
 @contextmanager
-def fail_on_error(run_id: str, *, uri: str | None = None) -> Iterator[None]:
-    """Marks the run FAILED if the block raises (then re-raises), so no run stays RUNNING."""
+def fail_on_error(run_id: str, *, uri: str | None = None,
+                  previous_status: str | None = None) -> Iterator[None]:
+    """Marks the run FAILED if the block raises (then re-raises), so no run stays RUNNING.
+
+    A run that was FINISHED before the block reopened it (`previous_status`, from
+    `resume_run`) keeps what it finished with: it ends FINISHED again and the error goes into
+    its `last_error` tag, so a failed re-run never spoils an earlier complete one.
+    """
     try:
         yield
-    except BaseException:
-        end_run(run_id, "FAILED", uri=uri)
+    except BaseException as err:
+        if previous_status == "FINISHED":
+            set_tags(run_id, {"last_error": f"{type(err).__name__}: {err}"[:4000]}, uri=uri)
+            end_run(run_id, "FINISHED", uri=uri)
+        else:
+            end_run(run_id, "FAILED", uri=uri)
         raise
 
 

@@ -17,6 +17,9 @@ params from the `train:` section of params.yaml. Writes to `models/<run>/`:
 Run: `python -m pipeline.train --params params.yaml --backbone vgg16.tv_in1k --freeze frozen
 --spectrograms data/spectrograms --splits data/splits --out models/vgg16.tv_in1k-frozen`
 (dvc.yaml runs it for every backbone x freeze mode in `train.backbones` x `train.freeze_modes`).
+With `train.nproc` > 1 it restarts itself under `torchrun --standalone` with that many
+data-parallel processes (several nodes: start torchrun yourself, docs/cluster.md); see
+`pipeline.distributed`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import platform
+import sys
 import time
 from dataclasses import asdict
 from functools import partial
@@ -33,13 +36,13 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import timm
 import torch
 from pydantic import Field, model_validator
 
+from data_prep.cli import run_main
 from data_prep.layout import write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
-from pipeline import data, features, run_tracking
+from pipeline import data, distributed, features, run_tracking
 from pipeline.checkpoint import Checkpointer, save_weights
 from pipeline.device import resolve_device
 from pipeline.engine import EpochCallback, FitConfig, FitResult, fit
@@ -53,6 +56,9 @@ from pipeline.run_folder import (
     RESOLVED,
     TrainingModel,
     build_for_training,
+    library_versions,
+    split_counts,
+    train_metrics,
     write_history,
 )
 
@@ -61,7 +67,8 @@ log = logging.getLogger(__name__)
 FreezeMode = Literal["frozen", "partial", "full"]
 MATRIX_KEYS = ("backbones", "freeze_modes")  # choose the DVC matrix runs, not one run's result
 CODE_MODULES = ("train", "engine", "device", "checkpoint", "data", "features", "transforms",
-                "models", "freeze", "run_folder")  # the modules a trained result depends on
+                "models", "freeze", "run_folder", "distributed")  # what a trained result depends on
+LAUNCH_KEYS = ("nproc",)  # how many processes, not what is trained: a run resumes with any
 
 class AugmentParams(StrictModel):
     """SpecAugment-style masks (pixels); 0 turns a mask off."""
@@ -102,6 +109,7 @@ class TrainParams(StrictModel):
     feature_cache_dir: str | None = None
     feature_dtype: Literal["float16", "float32"]
     augment: AugmentParams
+    nproc: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
@@ -138,7 +146,7 @@ def run(
     frame = data.load_split_index(spectrograms, splits, classes)
     frame = data.cap_per_class(frame, params.max_per_class, params.seed)
     frames = {split: data.split_frame(frame, split, splits) for split in ("train", "val")}
-    device = resolve_device(params.device)
+    device = distributed.device_of_rank(resolve_device(params.device))
     setup = build_for_training(
         backbone, freeze, len(classes), int(meta["image_size"]), weights=params.weights,
         weights_dir=params.weights_dir, seed=params.seed, channels=params.channels,
@@ -152,7 +160,8 @@ def run(
         )
     data_version = features.data_fingerprint(spectrograms, splits, frame)
     fingerprint = features.cache_key(
-        params=params.model_dump(exclude=set(MATRIX_KEYS)), backbone=backbone, freeze=freeze,
+        params=params.model_dump(exclude={*MATRIX_KEYS, *LAUNCH_KEYS}), backbone=backbone,
+        freeze=freeze,
         data=data_version, weights=setup.weights_id, spec=setup.spec, code=_code_version(),
     )
     targets = frames["train"]["target"].to_numpy()
@@ -169,18 +178,25 @@ def run(
         # content hashes of the data are the DVC tags (provenance.dvc_data_version)
         "data_fingerprint": data_version, "fingerprint": fingerprint,
         "class_weights": weight.tolist() if weight is not None else None,
-        "counts": _counts(frame, classes), "cached_features": cached, "versions": _versions(),
+        "counts": split_counts(frame, classes), "cached_features": cached,
+        "versions": library_versions(),
+        "processes": distributed.ranks().world,
     }
-    with run_tracking.train_run_or_none(tracking_params, out, resolved) as run_id:
+    main = distributed.is_main()  # only rank 0 writes the run folder and logs to MLflow
+    with run_tracking.train_run_or_none(tracking_params if main else None, out,
+                                        resolved) as run_id:
         train_sets = _train_sets(params, setup, backbone, spectrograms, frames, device, cached,
                                  data_version, out)
         result = _fit(params, freeze, setup.model, train_sets, targets, device, weight,
-                      Checkpointer(out / CHECKPOINT, fingerprint), out / HISTORY,
+                      distributed.MainOnlyCheckpointer(out / CHECKPOINT, fingerprint),
+                      out / HISTORY if main else None,
                       run_tracking.epoch_logger(run_id) if run_id else None)
-        save_weights(setup.model, out / MODEL)  # no metadata: its order varies, bytes would too
-        metrics = _metrics(result, frames, time.monotonic() - started)
-        write_json(out / METRICS, metrics)
-        write_json(out / RESOLVED, resolved)
+        metrics = train_metrics(result, len(frames["train"]), len(frames["val"]),
+                                time.monotonic() - started)
+        if main:  # no metadata in the weights: its order varies, the bytes would too
+            save_weights(setup.model, out / MODEL)
+            write_json(out / METRICS, metrics)
+            write_json(out / RESOLVED, resolved)
         if run_id:
             run_tracking.log_train_outputs(run_id, metrics, [out / RESOLVED, out / HISTORY])
     log.info("wrote %s: best val macro-F1 %.4f at epoch %d",
@@ -209,6 +225,7 @@ def _train_sets(
     folder = Path(params.feature_cache_dir or out / FEATURES) / f"{backbone}-{key}"
     return features.cached_head_sets(
         setup.model, params.pre_logits, images, folder, device, setup.prepare.preprocess,
+        extract=distributed.feature_datasets,  # ranks share the extraction
         batch_size=2 * params.batch_size,  # no gradients to keep: twice the batch fits
         workers=workers, dtype=params.feature_dtype)
 
@@ -222,29 +239,37 @@ def _fit(
     device: torch.device,
     weight: torch.Tensor | None,
     checkpointer: Checkpointer,
-    history: Path,
+    history: Path | None,
     on_epoch_end: EpochCallback | None = None,
 ) -> FitResult:
     """Loaders, optimiser groups and the training loop; history.csv (and `on_epoch_end`,
-    e.g. MLflow logging) after every epoch."""
+    e.g. MLflow logging) after every epoch; `history` None writes none (ranks other than 0).
+
+    Under torchrun each process loads its share of every global batch of `train.batch_size`
+    and the module trains in DistributedDataParallel (`pipeline.distributed`)."""
     gen = torch.Generator().manual_seed(params.seed)
     sampler = data.train_sampler(targets, params.imbalance == "balanced_sampler", gen)
     loaders = {
         split: data.make_loader(
-            ds, params.batch_size, device, params.seed, num_workers=train_sets.workers,
-            batch_index=train_sets.batch_index, sampler=sampler if split == "train" else None,
+            ds, distributed.local_batch(params.batch_size), device, params.seed,
+            num_workers=train_sets.workers, batch_index=train_sets.batch_index,
+            sampler=distributed.sharded_sampler(sampler, ds, params.batch_size)
+            if split == "train" else distributed.sharded_sampler(None, ds, None),
         )
         for split, ds in train_sets.sets.items()
     }
     cfg = _fit_config(params, freeze)
     layer_decay = params.layer_decay if freeze != "frozen" else None  # one head: no layers
     result = fit(
-        train_sets.module, param_groups(model, cfg.lr, cfg.weight_decay, layer_decay),
+        distributed.wrap(train_sets.module, device),
+        param_groups(model, cfg.lr, cfg.weight_decay, layer_decay),
         loaders["train"], loaders["val"], cfg, device, checkpointer,
         prepare=train_sets.prepare, class_weights=weight, sampler_generator=gen,
-        on_epoch_end=partial(_after_epoch, history, on_epoch_end),
+        on_epoch_end=partial(_after_epoch, history, on_epoch_end) if history is not None else None,
+        gather=distributed.gather,
     )
-    write_history(history, result.history)
+    if history is not None:
+        write_history(history, result.history)
     return result
 
 
@@ -263,27 +288,6 @@ def _after_epoch(path: Path, then: EpochCallback | None, history: list[dict]) ->
         then(history)
 
 
-def _metrics(result: FitResult, frames: dict[str, pd.DataFrame], seconds: float) -> dict:
-    best = result.history[result.best_epoch - 1]
-    return {
-        "best_epoch": result.best_epoch,
-        "best_val_macro_f1": best["val_macro_f1"],
-        "best_val_acc": best["val_acc"],
-        "best_val_loss": best["val_loss"],
-        "train_macro_f1_at_best": best["train_macro_f1"],
-        "epochs_run": len(result.history),
-        "stopped_early": result.stopped_early,
-        "train_images": len(frames["train"]),
-        "val_images": len(frames["val"]),
-        "train_seconds": round(seconds, 1),  # of this call (a resumed run counts its part)
-    }
-
-
-def _counts(frame: pd.DataFrame, classes: list[str]) -> dict[str, dict[str, int]]:
-    table = pd.crosstab(frame["split"], frame["label"]).reindex(columns=classes, fill_value=0)
-    return {split: {c: int(n) for c, n in row.items()} for split, row in table.iterrows()}
-
-
 def _code_version() -> str:
     """Hash of the modules a run's result depends on: a checkpoint written by other code (a
     fixed bug, a changed loop) is never resumed, like DVC re-running on changed deps."""
@@ -292,12 +296,6 @@ def _code_version() -> str:
     for name in CODE_MODULES:
         digest.update((here / f"{name}.py").read_bytes())
     return digest.hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "timm": timm.__version__, "numpy": np.__version__,
-            "cuda": torch.version.cuda or "none"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -315,9 +313,12 @@ def main(argv: list[str] | None = None) -> None:
     tracking_params = run_tracking.load_tracking(args.params)
     backbone = args.backbone or params.backbones[0]
     freeze = args.freeze or params.freeze_modes[0]
-    run(params, backbone, freeze, args.spectrograms, args.splits,
-        args.out or Path("models") / f"{backbone}-{freeze}", tracking_params)
+    distributed.relaunch_under_torchrun(params.nproc, "pipeline.train",
+                                        sys.argv[1:] if argv is None else argv)
+    with distributed.session(params.device):  # joins torchrun's process group, if any
+        run(params, backbone, freeze, args.spectrograms, args.splits,
+            args.out or Path("models") / f"{backbone}-{freeze}", tracking_params)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,6 +20,7 @@ layout, or "imagenet", looked up in this order and never replaced by random weig
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from dataclasses import dataclass
@@ -97,8 +98,9 @@ def resolve_weights(
 def split_name(model_name: str) -> tuple[str, str]:
     arch, tag = split_model_name_tag(model_name)
     if not timm.is_model(arch):
-        near = timm.list_models(f"*{arch.split('_')[0]}*")[:12]
-        raise ValueError(f"unknown timm model '{arch}'; similar names: {', '.join(near) or 'none'}")
+        near = difflib.get_close_matches(arch, timm.list_models(), n=8, cutoff=0.6)
+        raise ValueError(f"unknown timm model '{arch}'; did you mean: {', '.join(near) or 'none'}"
+                         " (timm.list_models() lists every name)")
     return arch, tag
 
 

@@ -26,6 +26,7 @@ from tests.synthetic import write_synthetic
 SHARED = Path(os.environ.get("ECG_SHARED_DIR", REPO.parent / "shared"))
 MLFLOW = Path(sys.executable).with_name("mlflow")
 SERVER_START_S = 90.0
+SERVER_ARTIFACTS = "artifacts"  # running_mlflow_server's artifact store, under its root
 
 
 def _require(path: Path) -> Path:
@@ -51,13 +52,18 @@ def weights_dir() -> Path:
 
 @contextmanager
 def running_mlflow_server(root: Path, timeout: float = SERVER_START_S) -> Iterator[str]:
-    """Runs `mlflow server` on a free loopback port until the block ends; yields its URL."""
+    """Runs `mlflow server` on a free loopback port until the block ends; yields its URL.
+
+    Set up as a shared server is (README, "Shared MLflow server"): a database backend and
+    `--serve-artifacts`, so clients upload every artifact through the server's HTTP API into
+    `root/artifacts` (SERVER_ARTIFACTS) and write nothing beside themselves.
+    """
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-               "--artifacts-destination", str(root / "artifacts")]
+               "--serve-artifacts", "--artifacts-destination", str(root / SERVER_ARTIFACTS)]
     # The server's background job runner starts seven worker processes that only slow the
     # start; tracking needs none of them.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -95,9 +101,21 @@ def _wait_healthy(url: str, server: subprocess.Popen, log_path: Path, timeout: f
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> Iterator[str]:
+def mlflow_server_root(tmp_path_factory) -> Path:
+    """The folder of the session's MLflow server: mlflow.db, artifacts/, server.log."""
+    return tmp_path_factory.mktemp("mlflow_server")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_artifacts(mlflow_server_root) -> Path:
+    """The artifact store (--artifacts-destination) of the session's MLflow server."""
+    return mlflow_server_root / SERVER_ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_server_root) -> Iterator[str]:
     """URL of a real MLflow tracking server on loopback, for the whole session."""
-    with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as url:
+    with running_mlflow_server(mlflow_server_root) as url:
         yield url
 
 

@@ -20,6 +20,24 @@ def make_params(**overrides: Any):
     return train.TrainParams.model_validate({**section, **QUICK, **overrides})
 
 
+def segment_params(**overrides: Any):
+    """The repository's segment params with the AAMI map and test overrides."""
+    from data_prep.params import read_yaml
+    from data_prep.windows import SegmentParams
+
+    section = read_yaml(REPO / "params.yaml")["segment"]
+    aami = str(REPO / "configs" / "labels" / "aami.yaml")
+    return SegmentParams.model_validate({**section, "label_map": aami, **overrides})
+
+
+def export_params(**overrides: Any):
+    """The tiny pipeline's export params with test overrides."""
+    from pipeline import export
+    from tests.tiny_pipeline import stage_params
+
+    return export.ExportParams.model_validate({**stage_params()["export"], **overrides})
+
+
 def free_port() -> int:
     """A loopback port that was free a moment ago (bound, then released)."""
     with socket.socket() as sock:

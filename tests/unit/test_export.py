@@ -16,13 +16,9 @@ from data_prep.layout import sha256_file
 from data_prep.params import read_yaml
 from pipeline import bundle, export, onnx_runner
 from pipeline.run_folder import ImageClassifier, load_model
-from tests.tiny_pipeline import stage_params
+from tests.helpers import export_params
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def export_params(**overrides) -> export.ExportParams:
-    return export.ExportParams.model_validate({**stage_params()["export"], **overrides})
 
 
 def _rerun(built: dict[str, Path], reports: Path, out: Path, **overrides) -> dict:

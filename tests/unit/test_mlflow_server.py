@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pandas as pd
 import pytest
@@ -91,6 +92,44 @@ def test_train_and_evaluate_log_one_run(mlflow_server, tmp_path, monkeypatch):
                 "--spectrograms", str(spec), "--splits", str(splits), "--out", str(model)])
     assert json.loads((model / run_tracking.RUN_FILE).read_text())["run_id"] == run_id
     assert client.get_run(run_id).info.status == "FINISHED"  # same run, resumed and closed
+
+
+def test_every_artifact_lands_in_the_servers_store_and_none_beside_the_client(
+        mlflow_server, mlflow_server_artifacts, tmp_path, monkeypatch):
+    """A shared server (--serve-artifacts): reports, plots, configs and the logged model are
+    uploaded through it; the client's folder keeps only the stages' own outputs."""
+    monkeypatch.setenv(tracking.URI_ENV, mlflow_server)
+    client_dir = tmp_path / "client"
+    client_dir.mkdir()
+    monkeypatch.chdir(client_dir)
+    spec, splits = write_synthetic(client_dir)
+    params = write_params(client_dir, log_model=True)
+    model, report = client_dir / "models" / "m", client_dir / "reports" / "m"
+    cli(params, spec, splits, model, report)
+
+    run_id = json.loads((model / run_tracking.RUN_FILE).read_text())["run_id"]
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied, not a client path
+    store = mlflow_server_artifacts
+    run_store = store / urlparse(run.info.artifact_uri).path.lstrip("/")
+    artifacts = _artifacts(client, run_id)
+    assert {"train/history.csv", "evaluation/metrics.json",
+            "evaluation/details/test/confusion_matrix.png"} <= artifacts
+    missing = {a for a in artifacts if not (run_store / a).is_file()}
+    assert not missing, f"listed by the run but not in the server's store {run_store}"
+    [logged] = client.search_logged_models([run.info.experiment_id],
+                                           filter_string=f"source_run_id = '{run_id}'")
+    assert logged.artifact_location.startswith("mlflow-artifacts:/")
+    model_store = store / urlparse(logged.artifact_location).path.lstrip("/")
+    assert (model_store / "MLmodel").is_file() and (model_store / "data").is_dir()
+
+    # the client folder holds its inputs and the stages' outputs, nothing MLflow wrote
+    assert {p.name for p in client_dir.iterdir()} == {
+        "params.yaml", "spectrograms", "splits", "models", "reports"}
+    stray = [p for p in client_dir.rglob("*")
+             if p.name in ("mlruns", "mlartifacts", "mlflow.db", "MLmodel")]
+    assert not stray
 
 
 def test_failed_train_marks_the_run_failed(mlflow_server, tmp_path, monkeypatch):

@@ -129,6 +129,10 @@ def test_reachable_hub_records_the_file_hash(monkeypatch: pytest.MonkeyPatch) ->
 def test_unknown_names_and_tags(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown timm model 'resnet999'"):
         resolve_weights("resnet999", "imagenet", tmp_path)
+    with pytest.raises(ValueError, match=r"unknown timm model 'vgg17'; did you mean: .*vgg16"):
+        resolve_weights("vgg17", "imagenet", tmp_path)
+    with pytest.raises(ValueError, match=r"did you mean: .*vgg19"):
+        resolve_weights("vgg17", "imagenet", tmp_path)
     with pytest.raises(ValueError, match=r"known pretrained names: .*resnet18\.a1_in1k"):
         resolve_weights("resnet18.my_tag", "imagenet", tmp_path)
 

@@ -8,8 +8,8 @@ import pytest
 from data_prep import rhythm
 from data_prep.rhythm import BEAT_FEATURES, WINDOW_FEATURES, RhythmParams
 
-PARAMS = RhythmParams(local_beats=10, baseline_s=300.0, min_rr_s=0.2, max_rr_s=3.0,
-                      fallback_rr_s=0.8)
+PARAMS = RhythmParams(beat_labels="configs/labels/aami.yaml", local_beats=10, baseline_s=300.0,
+                      min_rr_s=0.2, max_rr_s=3.0, fallback_rr_s=0.8)
 COL = {name: i for i, name in enumerate(BEAT_FEATURES)}
 WCOL = {name: i for i, name in enumerate(WINDOW_FEATURES)}
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from data_prep import layout, segment
+from data_prep import layout, rhythm, segment
 from data_prep.configs import load_label_map
 from data_prep.params import read_yaml
 from data_prep.windows import signal_quality
@@ -39,7 +39,8 @@ def make_db(tmp_path: Path, records: dict[str, dict], name: str = "synth") -> Pa
 def ctx(raw: Path, params: segment.SegmentParams, out: Path, reference: dict | None = None,
         name: str = "synth") -> segment.Context:
     labels = load_label_map(Path(params.label_map))
-    return segment.Context(params, labels, raw / name, out, "atr", reference or {})
+    return segment.Context(params, labels, raw / name, out, "atr", reference or {},
+                           frozenset(labels.map))
 
 
 def test_params_match_params_yaml() -> None:
@@ -207,7 +208,12 @@ def test_run_writes_the_output_format(tmp_path: Path) -> None:
     databases = tmp_path / "configs" / "databases"
     summary = segment.run(params, "synth", raw, out, databases_dir=databases, workers=2)
     index = layout.read_index(out / layout.INDEX)
-    assert list(index.columns) == ["record", "row", "sample", "label", "symbol"]
+    assert list(index.columns) == ["record", "row", "sample", "label", "symbol",
+                                   *rhythm.BEAT_FEATURES, rhythm.STATUS]
+    assert np.isfinite(index[list(rhythm.BEAT_FEATURES)].to_numpy()).all()
+    # regular synthetic beats every 0.8 s (rounded to whole samples at 360 and 500 Hz)
+    np.testing.assert_allclose(index["rr_pre"], 0.8, atol=2e-3)
+    np.testing.assert_allclose(index["rr_pre_ratio"], 1.0, atol=1e-3)
     for record, rows in index.groupby("record"):
         assert rows.row.tolist() == list(range(len(rows)))
         assert layout.load_shard(out, record).shape == (len(rows), 625)
@@ -216,7 +222,8 @@ def test_run_writes_the_output_format(tmp_path: Path) -> None:
     assert meta == {"database": "synth", "label_mode": "beat", "classes": list("NSVFQ"),
                     "fs": 250, "window_samples": 625, "offset_samples": 313,
                     "leads": {"100": "MLII", "101": "MLII"},
-                    "params": params.model_dump(mode="json"), "signal_quality": signal_quality()}
+                    "params": params.model_dump(mode="json"), "signal_quality": signal_quality(),
+                    "rhythm": rhythm.describe("beat", params.rhythm)}
     assert summary["records"]["excluded"] == {"102": "paced"}
     assert summary["segments_kept"]["N"] == len(index) == summary["kept_total"]
     assert summary["records"]["processed"] == 2 and summary["lead_fallbacks"] == {}

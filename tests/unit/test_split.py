@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from data_prep import split
+from data_prep import folds, split
 from data_prep.configs import load_database
 from data_prep.layout import write_index, write_json
 from data_prep.split import DatasetParams, SplitParams, run
@@ -123,7 +123,7 @@ def test_holdout_prefers_closest_class_mix() -> None:
     labels = pd.Series(["N"] * 60 + ["S"] * 20 + ["N"] * 20)
     subjects = pd.Series(["a"] * 20 + ["b"] * 20 + ["c"] * 20 + ["d"] * 20 + ["e"] * 20)
     # subject d is all S: holding it out alone would take every S out of train
-    held = split.holdout_subjects(labels, subjects, 0.2, seed=0)
+    held = folds.holdout_subjects(labels, subjects, 0.2, seed=0)
     assert len(held) == 1 and "d" not in held
 
 
@@ -134,18 +134,18 @@ def test_holdout_keeps_a_class_on_the_kept_side_over_a_closer_mix(seed) -> None:
             "d": {"N": 85, "S": 15}, "e": {"N": 75, "S": 25}}
     rows = pd.DataFrame([(s, c) for s, mix in spec.items() for c, n in mix.items()
                          for _ in range(n)], columns=["subject", "label"])
-    held = split.holdout_subjects(rows.label, rows.subject, 0.2, seed=seed)
+    held = folds.holdout_subjects(rows.label, rows.subject, 0.2, seed=seed)
     assert len(held) == 1 and "c" not in held
     no_f = rows[rows.label != "F"]  # without F, c (mix equal to the whole) is the closest
-    assert split.holdout_subjects(no_f.label, no_f.subject, 0.2, seed=seed) == {"c"}
+    assert folds.holdout_subjects(no_f.label, no_f.subject, 0.2, seed=seed) == {"c"}
     # a locked subject (one with a test record) is never held out, however close its mix
-    locked = split.holdout_subjects(no_f.label, no_f.subject, 0.2, seed, frozenset({"c"}))
+    locked = folds.holdout_subjects(no_f.label, no_f.subject, 0.2, seed, frozenset({"c"}))
     assert len(locked) == 1 and "c" not in locked
 
 
 def test_holdout_needs_two_subjects() -> None:
     with pytest.raises(ValueError, match=r"only 1 subject\(s\) \['a'\]"):
-        split.holdout_subjects(pd.Series(["N", "S"]), pd.Series(["a", "a"]), 0.2, seed=0)
+        folds.holdout_subjects(pd.Series(["N", "S"]), pd.Series(["a", "a"]), 0.2, seed=0)
 
 
 def test_same_seed_same_split_other_seeds_differ(tree) -> None:
@@ -156,7 +156,7 @@ def test_same_seed_same_split_other_seeds_differ(tree) -> None:
     # the search keeps the best of its seeded draws (which may agree across seeds); single
     # draws must differ with the seed
     index = make_segments(tree["segments"], TRAINVAL)
-    draws = {tuple(sorted(split.assign_folds(index.label, index.record, 3, seed, ["N"],
+    draws = {tuple(sorted(folds.assign_folds(index.label, index.record, 3, seed, ["N"],
                                              tries=1).items())) for seed in range(5)}
     assert len(draws) > 1
 
@@ -164,7 +164,7 @@ def test_same_seed_same_split_other_seeds_differ(tree) -> None:
 def test_every_fold_validates_every_class_it_can(tree) -> None:
     summary = split_(tree, folds=3, require=["N", "S", "V"])
     folds = summary["folds"]
-    assert sorted(folds) == ["0", "1", "2"]
+    assert sorted(folds) == ["0", "1", "2"]  # JSON keys
     for fold in folds.values():
         assert all(fold["counts"][c] > 0 for c in ("N", "S", "V"))
     frame = assignment(tree)
