@@ -220,3 +220,16 @@ def test_no_block_of_six_lines_is_repeated():
                 repeated.append(f"{where} repeats {seen[block]}")
             seen.setdefault(block, where)
     assert not repeated, repeated
+
+
+def test_test_modules_share_through_conftest_and_helpers_only():
+    """Fixtures live in tests/conftest.py, helpers in tests/*.py: no test module imports
+    another test module or conftest (pytest loads conftest itself)."""
+    bad = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.name}: {n}" for n in names if re.match(
+                r"tests\.(unit|integration)\b|tests\.conftest\b|conftest\b", n)]
+    assert not bad, bad
