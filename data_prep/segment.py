@@ -95,8 +95,7 @@ def _header(ctx: Context, record: str) -> wfdb_io.Header:
     """The record's header; one that cannot be read skips the record with the segments it
     would have given: its labelled annotations when they can be read, else 1 (said so)."""
     try:
-        return wfdb_io.read_header(ctx.record_dir, record,
-                                   tolerant=ctx.params.tolerant_headers)
+        return wfdb_io.read_header(ctx.record_dir, record, tolerant=ctx.params.tolerant_headers)
     except (FileNotFoundError, ValueError) as err:
         reason = "missing_header" if isinstance(err, FileNotFoundError) else "unreadable_header"
         lost, how = 1, "counted as 1 lost segment: how many it holds is unknown"
@@ -163,11 +162,9 @@ def process_record(ctx: Context, record: str) -> RecordResult:
         channel, result.fell_back = signals.choose_lead(
             header.sig_names, ctx.params.leads, ctx.params.lead_fallback)
         if channel is None:
-            fix = ("add one there or set lead_fallback: first" if header.sig_names
-                   else "the header lists no signal")
-            raise RecordSkip("missing_lead", seg.sample.size,
-                             f"record {record} has leads {list(header.sig_names)}, none of "
-                             f"segment.leads; {fix}")
+            fix = "add one there or set lead_fallback: first" if header.sig_names else "no signal"
+            raise RecordSkip("missing_lead", seg.sample.size, f"record {record} has leads "
+                             f"{list(header.sig_names)}, none of segment.leads; {fix}")
         result.lead = header.sig_names[channel]
         windows = _windows(ctx, record, header, seg, channel)
     except RecordSkip as skip:

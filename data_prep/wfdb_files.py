@@ -1,21 +1,20 @@
-"""WFDB files read without wfdb: header text, the annotation end-of-file marker, record lists.
+"""WFDB files read as bytes and text, for what wfdb itself cannot tell (no wfdb import here).
 
-Helpers of `data_prep.wfdb_io` (the only module that imports wfdb) that need only the file
-formats: what is wrong with a header, its lines and the files it names (to re-read a header
-without its date/time fields) and whether an annotation file is complete.
+- Header problems: which field wfdb rejected, and a copy of a header without its date/time
+  fields (a record line that wfdb cannot parse, seen in real challenge data) for the opt-in
+  tolerant reading in `data_prep.wfdb_io`.
+- Annotation files: whether one ends with its end-of-file word, since wfdb.rdann reads a file
+  cut short silently.
 """
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 HEADER_FIX = "the header does not follow the WFDB header format; correct or replace the file"
 TOLERANT_HINT = "or set segment.tolerant_headers: true to read it without its date/time fields"
@@ -35,21 +34,21 @@ def header_problem(record: str, path: Path, err: Exception, tolerant: bool) -> V
                       f"({type(err).__name__}: {err}); {HEADER_FIX}{hint}")
 
 
-def _header_lines(path: Path) -> tuple[list[str], int]:
+def header_lines(path: Path) -> tuple[list[str], int]:
     """A header's lines and the index of its record line (the first that is not a comment)."""
     lines = path.read_text(errors="replace").splitlines()
     return lines, next(i for i, line in enumerate(lines) if line.strip() and line[0] != "#")
 
 
-def _named_files(folder: Path, header: Path, depth: int = 1) -> set[str]:
+def named_files(folder: Path, header: Path, depth: int = 1) -> set[str]:
     """Files a header names (signal files, segment headers and theirs), that exist in `folder`."""
-    lines, at = _header_lines(header)
+    lines, at = header_lines(header)
     names = {line.split()[0] for line in lines[at + 1:] if line.strip() and line[0] != "#"}
     found = {n for n in names if (folder / n).is_file()}
     for segment in (n for n in names if (folder / f"{n}.hea").is_file()):
         found.add(f"{segment}.hea")
         if depth:
-            found |= _named_files(folder, folder / f"{segment}.hea", depth - 1)
+            found |= named_files(folder, folder / f"{segment}.hea", depth - 1)
     return found
 
 
@@ -58,11 +57,11 @@ def without_date(record_dir: Path, record: str) -> Iterator[str]:
     """The record as wfdb can read it after dropping the record line's time and date fields:
     a corrected header in a temporary folder beside links to the files it names."""
     header = Path(record_dir) / f"{record}.hea"
-    lines, at = _header_lines(header)
+    lines, at = header_lines(header)
     lines[at] = " ".join(lines[at].split()[:4])  # name[/segments] n_sig fs n_samples
     with tempfile.TemporaryDirectory(prefix="wfdb-header-") as tmp:
         base = Path(tmp) / Path(record).name
-        for name in _named_files(header.parent, header):
+        for name in named_files(header.parent, header):
             (base.parent / name).parent.mkdir(parents=True, exist_ok=True)
             (base.parent / name).symlink_to((header.parent / name).resolve())
         base.with_name(f"{base.name}.hea").write_text("\n".join(lines) + "\n")

@@ -1,4 +1,4 @@
-"""The only module that imports `wfdb`: reading records and annotations, beats, downloads.
+"""The only module that imports `wfdb`: reading records and annotations, listing, downloading.
 
 Reading turns every wfdb failure (missing file, truncated signal, unparsable header, corrupt
 annotations) into a `FileNotFoundError`/`ValueError` that names the record, the file and the
@@ -22,22 +22,18 @@ import wfdb
 from wfdb.io import download
 from wfdb.io._url import NetFileError, NetFileNotFoundError
 
-from data_prep import signals
-from data_prep.wfdb_files import (
-    HEADER_FIX,
-    annotation_complete,
-    header_problem,
-    without_date,
-)
+from data_prep import signals, wfdb_files
 
 log = logging.getLogger(__name__)
 
 REFETCH = "re-run fetch (dvc repro fetch) or fix the mirror"
-DETECT_FS = 250.0  # XQRS's thresholds are tuned near 250-360 Hz; at 1000 Hz it finds nothing
 
 
 class PhysioNetUnreachable(ConnectionError):
     """physionet.org could not be reached (no network, DNS, proxy, server error)."""
+
+
+DETECT_FS = 250.0  # XQRS's thresholds are tuned near 250-360 Hz; at 1000 Hz it finds nothing
 
 
 @dataclass(frozen=True)
@@ -102,16 +98,16 @@ def _record(record_dir: Path, record: str, tolerant: bool) -> Iterator[tuple[str
         raise FileNotFoundError(f"record {record}: {path} not found; {REFETCH}") from None
     except Exception as err:  # wfdb raises ValueError, IndexError... on a malformed header
         if not tolerant:
-            raise header_problem(record, path, err, tolerant) from None
+            raise wfdb_files.header_problem(record, path, err, tolerant) from None
         dropped, problem = ("base_time", "base_date"), err
     if not dropped:
         yield base, dropped
         return
-    with without_date(record_dir, record) as fixed:
+    with wfdb_files.without_date(record_dir, record) as fixed:
         try:
             wfdb.rdheader(fixed)
         except Exception:  # not (only) the date/time: report the original problem
-            raise header_problem(record, path, problem, tolerant) from None
+            raise wfdb_files.header_problem(record, path, problem, tolerant) from None
         log.info("record %s: %s read without its date/time fields", record, path)
         yield fixed, dropped
 
@@ -140,16 +136,13 @@ def read_header(record_dir: Path, record: str, *, tolerant: bool = False) -> Hea
     """
     path = Path(record_dir) / f"{record}.hea"
     with _record(record_dir, record, tolerant) as (base, dropped), \
-            _reading(record, path, HEADER_FIX):
+            _reading(record, path, wfdb_files.HEADER_FIX):
         head = wfdb.rdheader(base)
         n_samples = head.sig_len
         if n_samples is None:  # optional in the header format: the signal file says
             n_samples = wfdb.rdrecord(base).sig_len
         names, files, spf = _signal_layout(head, base)
-    unnamed = [i for i, name in enumerate(names) if not (name or "").strip()]
-    if unnamed:
-        log.info("record %s: signals %s have no description; named sig<i>", record, unnamed)
-    names = [f"sig{i}" if i in unnamed else name for i, name in enumerate(names)]
+    names = [name if (name or "").strip() else f"sig{i}" for i, name in enumerate(names)]
     return Header(record, float(head.fs), int(n_samples), tuple(names),
                   tuple(dict.fromkeys(files)), tuple(int(n) for n in spf), dropped)
 
@@ -174,13 +167,6 @@ def read_signal(record_dir: Path, record: str, channel: int, *,
     return signal
 
 
-def _record_fs(record_dir: Path, record: str, tolerant: bool) -> float | None:
-    try:
-        return read_header(record_dir, record, tolerant=tolerant).fs
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def read_annotations(record_dir: Path, record: str, extension: str, *,
                      tolerant: bool = False) -> Annotations:
     """Reads an annotation file (e.g. `.atr`), its samples at the record's frame rate.
@@ -196,11 +182,14 @@ def read_annotations(record_dir: Path, record: str, extension: str, *,
     fix = f"{REFETCH}, or set segment.annotator to an annotator this database has"
     with _reading(record, path, fix):
         ann = wfdb.rdann(str(Path(record_dir) / record), extension)
-        if not annotation_complete(path):
+        if not wfdb_files.annotation_complete(path):
             raise ValueError(f"the file ends before its end-of-file marker (truncated after "
                              f"{len(ann.sample)} annotations)")
     sample = np.asarray(ann.sample, dtype=np.int64)
-    record_fs = _record_fs(record_dir, record, tolerant)
+    try:
+        record_fs: float | None = read_header(record_dir, record, tolerant=tolerant).fs
+    except (FileNotFoundError, ValueError):  # annotations of a record whose header is bad
+        record_fs = None
     if ann.fs and record_fs and abs(float(ann.fs) - record_fs) > 1e-6:
         log.info("record %s: %s is at %g Hz, the record at %g Hz; samples mapped", record,
                  path.name, ann.fs, record_fs)
@@ -213,16 +202,13 @@ def detect_qrs(signal: np.ndarray, fs: float) -> np.ndarray:
     """QRS complexes of one lead with wfdb's XQRS detector, for records without beat annotations.
 
     XQRS (wfdb.processing.xqrs_detect) is a validated detector with adaptive thresholds,
-    learned from the record's first seconds; it band-passes internally, so `signal` can be
-    the raw lead. Its indices mark the detector's filtered QRS energy, not necessarily the R
-    peak where beat annotations sit: callers that centre windows on beats refine them.
-
-    Args:
-        signal: one lead in physical units, without NaN.
-        fs: its sampling rate in Hz.
+    learned from the record's first seconds; it band-passes internally, so `signal` (one lead
+    in physical units, without NaN, at `fs` Hz) can be the raw lead. It runs at DETECT_FS and
+    its indices are mapped back to `fs`; they mark the detector's filtered QRS energy, not
+    necessarily the R peak where beat annotations sit.
 
     Returns:
-        Sorted sample indices of the detected QRS complexes (possibly empty).
+        Sorted sample indices at `fs` of the detected QRS complexes (possibly empty).
     """
     from wfdb import processing  # imported on use: it pulls in extra modules at import time
 

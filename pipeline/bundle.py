@@ -27,6 +27,7 @@ BUNDLE_FORMAT = 2  # bump on any change an older reader would misread (2: image 
 BUNDLE_JSON, MODEL_ONNX, MODEL_CARD = "bundle.json", "model.onnx", "model_card.md"
 PACKAGE = "ecg-spectro-tl"
 INPUT_NAME, OUTPUT_NAMES = "images", ("probs", "logits")
+RR_NAME = "rr"  # float32 (batch, F) raw rhythm features, F = len(preprocessing.rhythm.features)
 
 
 class BundleFormatError(ValueError):

@@ -86,7 +86,7 @@ def load_split_index(spectrograms: Path, splits: Path, classes: list[str]) -> pd
     unknown = set(index["label"]) - set(classes)
     if unknown:
         raise ValueError(f"{index_path}: labels {sorted(unknown)} not in meta.json {classes}")
-    cols = ["record", "split"] + (["subject"] if "subject" in assign.columns else [])
+    cols = ["record", "split"] + [c for c in ("subject", "fold") if c in assign.columns]
     frame = index.merge(assign[cols], on="record", how="inner", validate="many_to_one")
     dropped = len(index) - len(frame)
     if dropped:

@@ -12,9 +12,9 @@ What the train stage does with it:
   draws, identical on every rank because the engine seeds its generator per epoch) and gives
   each rank its slice of every global batch, `batch_size / world` images. DDP averages the
   per-rank gradients, so an epoch takes the same steps as in one process: equal up to float
-  rounding with an unweighted loss and without trainable BatchNorm (which normalises each
-  rank's slice; on CUDA `wrap` turns trainable BatchNorm into SyncBatchNorm). With the weighted
-  loss the step averages per-rank weighted means instead of one weighted mean of the batch.
+  rounding, the weighted loss included (`engine.WeightedCrossEntropy` divides by all ranks'
+  weight sums), except where BatchNorm trains: it normalises each rank's slice on CPU, while on
+  CUDA `wrap` turns trainable BatchNorm into SyncBatchNorm (statistics of the global batch).
 - **Metrics over every rank.** `gather` concatenates each rank's logits and targets (validation
   is sharded too) so history, model selection and early stopping are identical on all ranks.
 - **Frozen mode.** `feature_datasets` extracts each rank's share of the images, gathers the

@@ -15,10 +15,8 @@ before it and a resumed run repeats the uninterrupted one (bit-exact on CPU).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -37,6 +35,7 @@ from pipeline.device import (
     seed_everything,
     split_batch,
 )
+from pipeline.optim import make_optimizer, make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -71,58 +70,24 @@ class FitResult:
     resumed_after: int | None = None
 
 
-def make_optimizer(
-    param_groups: list[dict[str, Any]], cfg: FitConfig
-) -> torch.optim.Optimizer:
-    """AdamW or SGD with Nesterov momentum over the given parameter groups."""
-    if not any(p.requires_grad for g in param_groups for p in g["params"]):
-        raise ValueError("no trainable parameters: check train.freeze / trainable_groups")
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-            weight_decay=cfg.weight_decay,
-        )
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'adamw' or 'sgd'")
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: FitConfig, steps_per_epoch: int
-) -> LambdaLR:
-    """Linear warmup then cosine decay to 0, stepped per iteration.
-
-    A factor on each group's own initial `lr`, so per-group learning rates (layer-wise decay
-    from `freeze.param_groups`, which sets each group's `lr` to lr x lr_scale) keep their
-    ratios. (timm's CosineLRScheduler would multiply by `lr_scale` a second time.)
-    """
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
-    return LambdaLR(optimizer, partial(warmup_cosine, warmup=warmup, total=total))
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """LR factor at `step`: linear from ~0 to 1 over `warmup` steps, then cosine to 0."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
 class WeightedCrossEntropy(nn.Module):
     """Cross-entropy with label smoothing, each sample weighted by its true class's weight.
 
     Normalised by the sum of the batch's weights, like torch's weighted cross-entropy. Unlike
     `nn.CrossEntropyLoss(weight=..., label_smoothing=...)`, the smoothing term is not weighted
     per class: there, a rare class's large weight pulls every sample's probability towards it.
+    Data-parallel (`gather` given): each rank divides by the mean of all ranks' weight sums, so
+    the ranks' average (what DDP's gradient is) is the weighted mean over the global batch.
     """
 
     weight: torch.Tensor | None  # a buffer, declared for type checkers
 
-    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0,
+                 gather: Gather | None = None):
         super().__init__()
         self.label_smoothing = label_smoothing
         self.register_buffer("weight", weight)
+        self.gather = gather
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = nn.functional.cross_entropy(
@@ -131,7 +96,9 @@ class WeightedCrossEntropy(nn.Module):
         if self.weight is None:
             return loss.mean()
         w = self.weight[targets]
-        return (loss * w).sum() / w.sum()
+        if self.gather is None:
+            return (loss * w).sum() / w.sum()
+        return (loss * w).sum() / self.gather(w.sum().detach().view(1)).mean()
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor,
@@ -262,7 +229,7 @@ def fit(
         prepare.to(device)
     optimizer = make_optimizer(param_groups, cfg)
     scheduler = make_scheduler(optimizer, cfg, len(train_loader))
-    criterion = WeightedCrossEntropy(class_weights, cfg.label_smoothing).to(device)
+    criterion = WeightedCrossEntropy(class_weights, cfg.label_smoothing, gather).to(device)
     loop = _Loop(module, optimizer, scheduler, criterion, device, prepare, select=cfg.select)
     if gather is not None:
         loop.gather = gather

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -35,15 +34,13 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field, model_validator
-from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from data_prep.cli import run_main
-from data_prep.layout import META, PREVIEW, atomic_path, write_json
+from data_prep.layout import INDEX, META, PREVIEW, atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
 from pipeline import data, plots, run_tracking
-from pipeline.device import autocast, model_input, resolve_device
+from pipeline.device import resolve_device
+from pipeline.inference import frame_probs
 from pipeline.metrics import Evaluation, evaluate, nan_to_none
 from pipeline.report_folder import (
     CONFIG,
@@ -55,8 +52,13 @@ from pipeline.report_folder import (
     PREDICTIONS,
     predictions_frame,
 )
-from pipeline.run_folder import RESOLVED, ImageClassifier, load_model
-from pipeline.transforms import Preprocess
+from pipeline.run_folder import (
+    RESOLVED,
+    ImageClassifier,
+    PackedClassifier,
+    load_model,
+    rhythm_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,27 +83,6 @@ class EvaluateParams(StrictModel):
             raise ValueError(f"splits {self.splits} must hold 'test' (unseen patients, the "
                              "reported result and DVC's confusion plot) and no split twice")
         return self
-
-
-@torch.inference_mode()
-def predict_probs(
-    model: nn.Module, preprocess: Preprocess, loader: DataLoader, device: torch.device,
-    amp: bool = True, desc: str = "predict",
-) -> np.ndarray:
-    """float32 softmax probabilities (n, K) of every batch, in loader order.
-
-    On CUDA: channels_last and (with `amp`) bf16 autocast; the softmax is taken in float32.
-    """
-    model.to(device).eval()
-    preprocess.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    probs = []
-    for x, _ in tqdm(loader, desc=desc, dynamic_ncols=True):
-        with autocast(device) if amp else nullcontext():
-            logits = model(model_input(x, device, preprocess))
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(probs).numpy()
 
 
 def evaluate_predictions(
@@ -140,11 +121,10 @@ def run(
         frames, available = _split_frames(params, spectrograms, splits, classes)
         device = resolve_device(params.device)
         parts = []
+        workers = data.resolve_workers(params.num_workers, device)
         for split, frame in frames.items():
-            loader = data.make_loader(data.SpectrogramDataset(spectrograms, frame),
-                                      params.batch_size, device, params.seed,
-                                      num_workers=data.resolve_workers(params.num_workers, device))
-            probs = predict_probs(model, preprocess, loader, device, params.amp, desc=split)
+            probs = frame_probs(model, preprocess, resolved, spectrograms, frame, device,
+                                params.batch_size, params.amp, split, workers)
             parts.append(predictions_frame(split, frame, probs, classes))
         predictions = pd.concat(parts, ignore_index=True)
         shutil.rmtree(out / DETAILS, ignore_errors=True)  # no split left over from a past run
@@ -156,12 +136,14 @@ def run(
         write_json(out / DETAILS / CONFIG, info)
         _write_notes(out / DETAILS / NOTES, info, results)
         if run_id:
-            classifier = (ImageClassifier(preprocess, model).cpu().float()
+            example = _example(spectrograms, next(iter(frames.values())), resolved)
+            classifier = (PackedClassifier(ImageClassifier(preprocess, model),
+                                           example[1], len(rhythm_names(resolved))).cpu().float()
                           if tracking_params and tracking_params.log_model else None)
             run_tracking.log_evaluation(
                 run_id, out, metrics, _tags(info),
                 [model_dir / RESOLVED, out / DETAILS / CONFIG], spectrograms / PREVIEW,
-                classifier, _example(spectrograms, next(iter(frames.values()))))
+                classifier, example[0])
     log.info("wrote %s: %s", out, ", ".join(
         f"{s} macro-F1 {m['macro_f1']:.4f}" for s, m in metrics.items()))
     return metrics
@@ -254,10 +236,16 @@ def _write_notes(path: Path, info: dict, results: dict[str, Evaluation]) -> None
         tmp.write_text("\n".join(lines) + "\n")
 
 
-def _example(spectrograms: Path, frame: pd.DataFrame) -> np.ndarray:
-    """Two real images (uint8, B x H x W) as the logged model's input example."""
-    dataset = data.SpectrogramDataset(spectrograms, frame.head(2))
-    return np.stack([dataset[i][0].numpy() for i in range(len(dataset))])
+def _example(spectrograms: Path, frame: pd.DataFrame,
+             resolved: dict) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Two real rows packed as the logged model's input example (`PackedClassifier`), and the
+    image shape."""
+    rows = frame.head(2)
+    images = np.stack([data.SpectrogramDataset(spectrograms, rows)[i][0].numpy()
+                       for i in range(len(rows))])
+    rr = data.rhythm_matrix(rows, rhythm_names(resolved), spectrograms / INDEX)
+    packed = np.concatenate([images.reshape(len(rows), -1).astype(np.float32), rr], axis=1)
+    return packed, images.shape[1:]
 
 
 def main(argv: list[str] | None = None) -> None:

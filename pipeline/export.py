@@ -40,14 +40,23 @@ from pydantic import Field
 
 from data_prep.cli import run_main
 from data_prep.configs import load_label_map
-from data_prep.layout import META, SEGMENTS_META, load_shard, read_json, sha256_file
+from data_prep.layout import (
+    INDEX,
+    META,
+    SEGMENTS_META,
+    load_shard,
+    read_index,
+    read_json,
+    sha256_file,
+)
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
 from data_prep.stft import ImageParams, image_meta
 from data_prep.windows import SegmentParams
 from pipeline import bundle, provenance, run_tracking
+from pipeline.data import rhythm_matrix as data_rhythm
 from pipeline.onnx_runner import BATCH_SIZE, onnx_session, run_probs
 from pipeline.report_folder import CONFIG, DETAILS, METRICS, PREDICTIONS, read_predictions
-from pipeline.run_folder import ImageClassifier, load_model
+from pipeline.run_folder import ImageClassifier, load_model, rhythm_names
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +76,18 @@ class ExportParams(StrictModel):
 # ----------------------------------------------------------------------------- pure core
 
 
-def export_onnx(net: ImageClassifier, image_size: int, path: Path, opset: int) -> None:
-    """Writes `net` as ONNX with a dynamic batch axis (torch.export-based exporter)."""
-    example = torch.zeros(2, image_size, image_size, dtype=torch.uint8)
+def export_onnx(net: ImageClassifier, image_shape: tuple[int, ...], n_rr: int, path: Path,
+                opset: int) -> None:
+    """Writes `net` as ONNX with inputs images (uint8) and rr (float32, n_rr wide) and a dynamic
+    batch axis (torch.export-based exporter)."""
+    images = torch.zeros(2, *image_shape, dtype=torch.uint8)
+    rr = torch.zeros(2, n_rr, dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1)
-    torch.onnx.export(net.eval(), (example,), str(path), dynamo=True, opset_version=opset,
-                      input_names=[bundle.INPUT_NAME], output_names=list(bundle.OUTPUT_NAMES),
-                      dynamic_shapes={"images": {0: batch}}, external_data=False)
+    torch.onnx.export(net.eval(), (images, rr), str(path), dynamo=True, opset_version=opset,
+                      input_names=[bundle.INPUT_NAME, bundle.RR_NAME],
+                      output_names=list(bundle.OUTPUT_NAMES),
+                      dynamic_shapes={"images": {0: batch}, "rr": {0: batch}},
+                      external_data=False)
     onnx.checker.check_model(str(path))
 
 
@@ -83,6 +97,13 @@ def parity_rows(predictions: pd.DataFrame, cap: int | None) -> pd.DataFrame:
     if cap is None or len(test) <= cap:
         return test
     return test.iloc[np.linspace(0, len(test) - 1, cap).round().astype(int)].reset_index(drop=True)
+
+
+def load_rhythm(spectrograms: Path, rows: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """float32 rhythm features (n, F) of (record, row) pairs, from the spectrogram index."""
+    index = read_index(spectrograms / INDEX)
+    joined = rows[["record", "row"]].merge(index, on=["record", "row"], how="left")
+    return data_rhythm(joined, names, spectrograms / INDEX)
 
 
 def load_images(spectrograms: Path, rows: pd.DataFrame) -> np.ndarray:
@@ -174,7 +195,7 @@ def _versions(opset: int) -> dict:
 
 def _metadata(name: str, resolved: dict, seg: SegmentParams, image: ImageParams, described: dict,
               quality: dict | None, reports: Path, data_info: dict, model_file: Path,
-              opset: int) -> dict:
+              opset: int, rhythm: dict | None) -> dict:
     offset, length, _ = seg.geometry()
     labels = load_label_map(Path(seg.label_map))
     return {
@@ -186,6 +207,10 @@ def _metadata(name: str, resolved: dict, seg: SegmentParams, image: ImageParams,
                   "opset": opset, "backbone": resolved["backbone"], "freeze": resolved["freeze"],
                   "input": {"name": bundle.INPUT_NAME, "dtype": "uint8",
                             "shape": ["batch", image.image_size, image.image_size]},
+                  "rr_input": {"name": bundle.RR_NAME, "dtype": "float32",
+                               "shape": ["batch", len(rhythm_names(resolved))],
+                               "features": rhythm_names(resolved)},
+                  "architecture": resolved.get("model"),
                   "outputs": {"probs": "softmax probabilities (batch, K), K in classes order",
                               "logits": "pre-softmax scores (batch, K)"},
                   "weights": resolved.get("weights"),
@@ -194,6 +219,7 @@ def _metadata(name: str, resolved: dict, seg: SegmentParams, image: ImageParams,
             "segment": seg.model_dump(mode="json"),
             "signal_quality": quality,
             "window": {"fs": seg.target_fs, "offset_samples": offset, "window_samples": length},
+            "rhythm": rhythm,
             "spectrogram": image.model_dump(mode="json"),
             "image": described,
             "model_input": resolved["preprocessing"]},
@@ -249,17 +275,20 @@ def run(params: ExportParams, model_dir: Path, reports: Path, segments: Path,
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     work.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared
     try:  # built beside `out` and moved there only once complete: a failure leaves no bundle
-        export_onnx(ImageClassifier(preprocess, model, with_logits=True), image.image_size,
-                    work / bundle.MODEL_ONNX, params.opset)
+        images = load_images(spectrograms, rows)
+        names = rhythm_names(resolved)
+        export_onnx(ImageClassifier(preprocess, model, with_logits=True), images.shape[1:],
+                    len(names), work / bundle.MODEL_ONNX, params.opset)
         session = onnx_session(work / bundle.MODEL_ONNX)
         log.info("parity check on %d of %d test images (export.parity_max_images=%s)",
                  len(rows), int((predictions["split"] == "test").sum()), params.parity_max_images)
-        probs = run_probs(session, load_images(spectrograms, rows), len(classes), BATCH_SIZE)
+        probs = run_probs(session, images, load_rhythm(spectrograms, rows, names), len(classes),
+                          BATCH_SIZE)
         parity = check_parity(rows, probs, classes, _atol(params, reports),
                               reports / PREDICTIONS)
         meta = _metadata(out.name, resolved, seg, image, described, quality, reports,
                          _data_info(segments, splits, resolved), work / bundle.MODEL_ONNX,
-                         params.opset)
+                         params.opset, read_json(segments / META).get("rhythm"))
         meta["parity"] = {**parity, "reference": str(reports / PREDICTIONS)}
         bundle.write_bundle_json(work, meta)
         (work / bundle.MODEL_CARD).write_text(bundle.render_model_card(meta))

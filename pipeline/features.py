@@ -16,8 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,14 +24,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from data_prep.layout import ASSIGNMENT, INDEX, META, SHARDS, atomic_path
 from pipeline.data import make_loader
 from pipeline.device import autocast, model_input
-from pipeline.freeze import feature_extractor
 
 log = logging.getLogger(__name__)
 
@@ -169,29 +166,3 @@ def feature_datasets(
         return extract_features(feature_fn, loader, device, preprocess, desc=f"{split} features")
 
     return {s: cached_features(folder, s, partial(compute, s), dtype) for s in images}
-
-
-@dataclass
-class TrainSets:
-    """What the loop trains and on what: a head on cached features, or the model on images."""
-
-    module: nn.Module
-    sets: Mapping[str, Dataset]
-    prepare: nn.Module | None  # device-side image input (`transforms.ModelInput`); None: features
-    workers: int
-    batch_index: bool  # cached features are gathered a whole batch at a time
-
-
-def cached_head_sets(model: nn.Module, pre_logits: str, images: dict[str, Dataset],
-                     folder: Path, device: torch.device, preprocess: nn.Module,
-                     batch_size: int, workers: int, dtype: str,
-                     extract: Callable[..., dict[str, TensorDataset]] | None = None) -> TrainSets:
-    """The head of a frozen `model` and its cached feature datasets, made by `extract`
-    (`feature_datasets`, or `distributed.feature_datasets` to share the work across ranks)."""
-    feature_fn, head = feature_extractor(model, pre_logits)
-    model.to(device).eval()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    sets = (extract or feature_datasets)(feature_fn, images, folder, device, preprocess,
-                                         batch_size=batch_size, workers=workers, dtype=dtype)
-    return TrainSets(head, sets, None, workers=0, batch_index=True)

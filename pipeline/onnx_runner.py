@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pipeline.bundle import INPUT_NAME, OUTPUT_NAMES
+from pipeline.bundle import INPUT_NAME, OUTPUT_NAMES, RR_NAME
 
 BATCH_SIZE = 64  # images per ONNX call: memory stays at one batch whatever the record length
 
@@ -18,10 +18,17 @@ def onnx_session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def run_probs(session: ort.InferenceSession, images: np.ndarray, n_classes: int,
-              batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """Softmax probabilities (n, K) of uint8 images (n, S, S), `batch_size` images per call."""
+def run_probs(session: ort.InferenceSession, images: np.ndarray, rr: np.ndarray,
+              n_classes: int, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """Softmax probabilities (n, K) of uint8 images (n, S, S) and their float32 rhythm features
+    (n, F), `batch_size` rows per call. A graph without a rhythm input is fed images only."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
-    out = [session.run([OUTPUT_NAMES[0]], {INPUT_NAME: images[i:i + batch_size]})[0]
-           for i in range(0, len(images), batch_size)]
+    rr = np.ascontiguousarray(rr, dtype=np.float32).reshape(len(images), -1)
+    takes_rr = RR_NAME in {i.name for i in session.get_inputs()}
+
+    def feed(i: int) -> dict[str, np.ndarray]:
+        batch = {INPUT_NAME: images[i:i + batch_size]}
+        return {**batch, RR_NAME: rr[i:i + batch_size]} if takes_rr else batch
+
+    out = [session.run([OUTPUT_NAMES[0]], feed(i))[0] for i in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.empty((0, n_classes), dtype=np.float32)

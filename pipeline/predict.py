@@ -33,10 +33,11 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from data_prep import signals, wfdb_io
+from data_prep import rhythm, signals, wfdb_io
 from data_prep.cli import DEBUG_FLAG, run_main
 from data_prep.configs import LabelMap, resolve_annotator
 from data_prep.layout import list_records
+from data_prep.rhythm import RhythmParams
 from data_prep.stft import ImageParams, spectrogram_images
 from data_prep.windows import SegmentParams, cut_beats, cut_fixed, flat_windows
 from pipeline.bundle import read_bundle_json
@@ -67,9 +68,37 @@ class Bundle:
     def columns(self) -> list[str]:
         return [*BASE, *(f"prob_{c}" for c in self.classes)]
 
-    def predict_images(self, images: np.ndarray) -> np.ndarray:
-        """Softmax probabilities (n, K) of uint8 spectrograms (n, S, S) as the stage makes them."""
-        return run_probs(self.session, images, len(self.classes))
+    @property
+    def rhythm_features(self) -> list[str]:
+        """The rhythm features the network takes (`rr` input), in order; empty: images only."""
+        return list(self.meta["model"].get("rr_input", {}).get("features", []))
+
+    def predict_images(self, images: np.ndarray, rr: np.ndarray | None = None) -> np.ndarray:
+        """Softmax probabilities (n, K) of uint8 spectrograms (n, S, S) as the stage makes them
+        and their rhythm features (n, F) as `data_prep.rhythm` computes them."""
+        rr = np.zeros((len(images), 0), np.float32) if rr is None else rr
+        return run_probs(self.session, images, rr, len(self.classes))
+
+    def rhythm(self, beats: np.ndarray, fs: float, symbols: np.ndarray | None,
+               starts: np.ndarray | None = None) -> np.ndarray:
+        """Rhythm features exactly as the segment stage computes them: per beat from the beats
+        that are in the label map (all detected beats), or per window of `starts` (target_fs)."""
+        if not self.rhythm_features:
+            return np.zeros((len(beats) if starts is None else len(starts), 0), np.float32)
+        params = RhythmParams.model_validate(self.meta["preprocessing"]["rhythm"]["params"])
+        t = np.asarray(beats, dtype=np.float64) / fs
+        if starts is not None:
+            _, length, _ = self.segment.geometry()
+            fs_out = self.segment.target_fs
+            return rhythm.window_features(np.sort(t), starts / fs_out, length / fs_out, params)[0]
+        mapped = (np.ones(t.size, bool) if symbols is None
+                  else np.isin(symbols, list(self.labels.map)))
+        order = np.argsort(t, kind="stable")
+        feats = np.zeros((t.size, len(rhythm.BEAT_FEATURES)), np.float32)
+        feats[order] = rhythm.beat_features(t[order], params)[0]  # beats outside the map
+        sub = order[mapped[order]]
+        feats[sub] = rhythm.beat_features(t[sub], params)[0]  # as the stage: mapped beats only
+        return feats
 
     def predict_signal(self, signal: np.ndarray, fs: float, beats: np.ndarray | None = None,
                        *, record: str = "signal", symbols: np.ndarray | None = None
@@ -195,6 +224,8 @@ class Bundle:
         else:
             windows, starts, status = cut_fixed(x, fs, seg)
             sample, source = signals.map_samples(starts, seg.target_fs, fs), "window"
+        rr = (self.rhythm(beats, fs, symbols) if seg.label_mode == "beat" else
+              self.rhythm(self._window_beats(x, fs, beats), fs, None, starts))
         ok = np.flatnonzero(status == "")
         flat = flat_windows(x, fs, starts[ok], length, seg.target_fs)
         status[ok[flat]] = "flat"
@@ -203,7 +234,7 @@ class Bundle:
         good = status == "ok"
         if good.any():
             images = spectrogram_images(windows[~flat], seg.target_fs, self.spectrogram)
-            probs[good] = self.predict_images(images)
+            probs[good] = self.predict_images(images, rr[good])
         symbols = np.asarray(symbols if symbols is not None else [""] * len(status), dtype=str)
         table = pd.DataFrame({
             "record": record, "sample": sample, "time_s": sample / fs, "beat_source": source,
@@ -212,6 +243,13 @@ class Bundle:
             "pred": np.where(good, np.asarray(self.classes)[np.nan_to_num(probs).argmax(1)], ""),
             **{f"prob_{c}": probs[:, i] for i, c in enumerate(self.classes)}})
         return table
+
+    def _window_beats(self, x: np.ndarray, fs: float, beats: np.ndarray | None) -> np.ndarray:
+        """Beat samples for window statistics: given ones, else the detector's (as segment in
+        record mode)."""
+        if beats is not None or not self.rhythm_features:
+            return np.asarray(beats if beats is not None else [], dtype=np.int64)
+        return wfdb_io.detect_qrs(signals.fill_nan(x)[0], fs)
 
     def _report(self, table: pd.DataFrame) -> pd.DataFrame:
         bad = Counter(table.loc[table["status"] != "ok", "status"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,7 +28,7 @@ from pipeline.tracking import check_tracking_server
 log = logging.getLogger(__name__)
 
 __all__ = ["RUN_FILE", "TrackingParams", "check_tracking_server", "evaluation_run",
-           "load_tracking", "read_run_file", "register_bundle", "train_run", "train_run_or_none"]
+           "load_tracking", "read_run_file", "register_bundle", "train_run"]
 
 
 class TrackingParams(StrictModel):
@@ -128,20 +128,6 @@ def train_run(
     tracking.end_run(run_id, "FINISHED")
 
 
-def train_run_or_none(params: TrackingParams | None, folder: Path, resolved: Mapping[str, Any]
-                      ) -> AbstractContextManager[str | None]:
-    """`train_run` for a train folder, tagged from its resolved config (backbone, freeze mode,
-    weights, device; start_run adds the git commit and DVC data hashes), or no tracking at all
-    (None) when `params` is None."""
-    if params is None:
-        return nullcontext(None)
-    weights = resolved["weights"]
-    tags = {"stage": "train", "backbone": resolved["backbone"], "freeze": resolved["freeze"],
-            "weights": weights["describe"], "weights.sha256": weights["sha256"],
-            "device": resolved["device"]}
-    return train_run(params, folder, resolved["fingerprint"], resolved, tags)
-
-
 def epoch_logger(run_id: str):
     """An `on_epoch_end` callback that logs the newest history row with step = epoch."""
 
@@ -151,6 +137,11 @@ def epoch_logger(run_id: str):
         tracking.log_epoch_metrics(run_id, row, epoch)
 
     return log_epoch
+
+
+def log_epoch(run_id: str, metrics: Mapping[str, Any], epoch: int) -> None:
+    """One epoch's metrics (names as given, e.g. fold-prefixed) with step = epoch."""
+    tracking.log_epoch_metrics(run_id, metrics, epoch)
 
 
 def log_train_outputs(run_id: str, metrics: Mapping[str, Any], files: list[Path]) -> None:

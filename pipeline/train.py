@@ -27,98 +27,40 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import platform
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
+import timm
 import torch
-from pydantic import Field, model_validator
 
 from data_prep.cli import run_main
-from data_prep.layout import write_json
-from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
-from pipeline import data, distributed, features, run_tracking
-from pipeline.checkpoint import Checkpointer, save_weights
+from data_prep.layout import INDEX, META, atomic_path, write_json
+from data_prep.params import DEFAULT_PARAMS, load_section
+from pipeline import cv, data, distributed, features, fitting, run_tracking
+from pipeline.checkpoint import save_weights
 from pipeline.device import resolve_device
-from pipeline.engine import EpochCallback, FitConfig, FitResult, fit
-from pipeline.freeze import param_groups
-from pipeline.run_folder import (
-    CHECKPOINT,
-    FEATURES,
-    HISTORY,
-    METRICS,
-    MODEL,
-    RESOLVED,
-    TrainingModel,
-    build_for_training,
-    library_versions,
-    split_counts,
-    train_metrics,
-    write_history,
-)
+from pipeline.engine import EpochCallback, FitConfig
+from pipeline.fusion import uses_image, uses_rr
+from pipeline.run_folder import CHECKPOINT, FEATURE_STORE, HISTORY, METRICS, MODEL, RESOLVED
+from pipeline.train_params import FreezeMode, TrainParams
+from pipeline.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
-FreezeMode = Literal["frozen", "partial", "full"]
 MATRIX_KEYS = ("backbones", "freeze_modes")  # choose the DVC matrix runs, not one run's result
-CODE_MODULES = ("train", "engine", "device", "checkpoint", "data", "features", "transforms",
-                "models", "freeze", "run_folder", "distributed")  # what a trained result depends on
+CODE_MODULES = ("train", "engine", "device", "optim", "checkpoint", "data", "features",
+                "transforms", "models", "freeze", "distributed", "fitting", "fusion", "cv",
+                "feature_store")
 LAUNCH_KEYS = ("nproc",)  # how many processes, not what is trained: a run resumes with any
-
-class AugmentParams(StrictModel):
-    """SpecAugment-style masks (pixels); 0 turns a mask off."""
-
-    time_mask: int = Field(ge=0)
-    freq_mask: int = Field(ge=0)
-    num_masks: int = Field(ge=0)
-
-
-class TrainParams(StrictModel):
-    """The `train:` section of params.yaml (the comments there say why each value)."""
-
-    backbones: list[str] = Field(min_length=1)
-    freeze_modes: list[FreezeMode] = Field(min_length=1)
-    weights: str
-    weights_dir: str | None = None
-    trainable_groups: int = Field(ge=1)
-    pre_logits: Literal["frozen", "trainable"]
-    channels: Literal["grey3", "in_chans1"]
-    optimizer: Literal["adamw", "sgd"]
-    lr: dict[FreezeMode, float]
-    layer_decay: float | None = Field(gt=0, le=1)
-    weight_decay: float = Field(ge=0)
-    momentum: float = Field(ge=0, lt=1)
-    epochs: int = Field(ge=1)
-    warmup_epochs: float = Field(ge=0)
-    batch_size: int = Field(ge=1)
-    label_smoothing: float = Field(ge=0, lt=1)
-    imbalance: Literal["weighted_loss", "balanced_sampler", "none"]
-    class_weight_power: float = Field(ge=0, le=1)
-    class_weight_cap: float | None = Field(ge=1)
-    patience: int = Field(ge=0)
-    seed: int
-    device: Literal["auto", "cpu", "cuda"]
-    num_workers: int | None = Field(default=None, ge=0)
-    max_per_class: dict[Literal["train", "val"], int | None] = Field(default_factory=dict)
-    cache_features: bool
-    feature_cache_dir: str | None = None
-    feature_dtype: Literal["float16", "float32"]
-    augment: AugmentParams
-    nproc: int = Field(default=1, ge=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainParams:
-        missing = [m for m in self.freeze_modes if m not in self.lr]
-        if missing:
-            raise ValueError(f"lr has no value for freeze modes {missing}")
-        if any(v is not None and v < 1 for v in self.max_per_class.values()):
-            raise ValueError("max_per_class values must be >= 1, or null for no cap")
-        return self
+HISTORY_COLUMNS = ("fold", "epoch", "train_loss", "train_acc", "train_macro_f1",
+                   "val_loss", "val_acc", "val_macro_f1", "lr")
 
 
 def run(
@@ -145,147 +87,191 @@ def run(
     classes = list(meta["classes"])
     frame = data.load_split_index(spectrograms, splits, classes)
     frame = data.cap_per_class(frame, params.max_per_class, params.seed)
-    frames = {split: data.split_frame(frame, split, splits) for split in ("train", "val")}
+    for split in ("train", "val"):
+        data.split_frame(frame, split, splits)  # an empty split fails now, naming the file
+    trainval = frame[frame["split"].isin(["train", "val"])].reset_index(drop=True)
     device = distributed.device_of_rank(resolve_device(params.device))
-    setup = build_for_training(
-        backbone, freeze, len(classes), int(meta["image_size"]), weights=params.weights,
-        weights_dir=params.weights_dir, seed=params.seed, channels=params.channels,
-        trainable_groups=params.trainable_groups, pre_logits=params.pre_logits,
-        augment=params.augment.model_dump())
-    cached = freeze == "frozen" and params.cache_features
-    if cached and setup.prepare.augment.enabled:
-        raise ValueError(
-            "train.augment masks change every epoch, but frozen mode caches features once: set "
-            "train.cache_features=false to recompute features each epoch, or turn the masks off"
-        )
+    cached = params.inputs == "rr" or (freeze == "frozen" and params.cache_features)
+    folds = cv.make_folds(trainval, params.fold_ensemble and cached)
+    rr_names = _rr_names(meta, params.inputs, spectrograms)
+    weights = resolve_weights(backbone, params.weights,
+                              Path(params.weights_dir) if params.weights_dir else None)
+    log.info("weights for %s: %s", backbone, weights.describe())
+    setup = fitting.build(params, backbone, freeze, len(classes), int(meta["image_size"]),
+                          rr_names, len(folds), weights)
+    log.info("freeze %s", setup.report.summary())
+    _check_combination(params, setup, cached)
     data_version = features.data_fingerprint(spectrograms, splits, frame)
     fingerprint = features.cache_key(
         params=params.model_dump(exclude={*MATRIX_KEYS, *LAUNCH_KEYS}), backbone=backbone,
-        freeze=freeze,
-        data=data_version, weights=setup.weights_id, spec=setup.spec, code=_code_version(),
-    )
-    targets = frames["train"]["target"].to_numpy()
-    weight = (data.class_weights(targets, len(classes), params.class_weight_power,
-                                 params.class_weight_cap)
-              if params.imbalance == "weighted_loss" else None)
+        freeze=freeze, data=data_version, weights=setup.weights_id, spec=setup.spec,
+        code=_code_version())
+    select = [classes.index(c) for c in params.select_classes if c in classes]
     resolved = {
         "stage": "train", "backbone": backbone, "freeze": freeze, "params": params.model_dump(),
-        "classes": classes, "preprocessing": setup.spec,
+        "classes": classes, "preprocessing": setup.spec, "model": setup.arch,
         "weights": {**asdict(setup.weights), "describe": setup.weights.describe()},
         "freeze_report": asdict(setup.report), "device": str(device), "seed": params.seed,
         "num_workers": 0 if cached else data.resolve_workers(params.num_workers, device),
         # data_fingerprint: shard names/sizes/mtimes, for cache and resume decisions only; the
         # content hashes of the data are the DVC tags (provenance.dvc_data_version)
         "data_fingerprint": data_version, "fingerprint": fingerprint,
-        "class_weights": weight.tolist() if weight is not None else None,
-        "counts": split_counts(frame, classes), "cached_features": cached,
-        "versions": library_versions(),
+        "folds": [f.name for f in folds], "select_classes": [classes[i] for i in select],
+        "counts": _counts(frame, classes), "cached_features": cached, "versions": _versions(),
         "processes": distributed.ranks().world,
     }
     main = distributed.is_main()  # only rank 0 writes the run folder and logs to MLflow
-    with run_tracking.train_run_or_none(tracking_params if main else None, out,
-                                        resolved) as run_id:
-        train_sets = _train_sets(params, setup, backbone, spectrograms, frames, device, cached,
-                                 data_version, out)
-        result = _fit(params, freeze, setup.model, train_sets, targets, device, weight,
-                      distributed.MainOnlyCheckpointer(out / CHECKPOINT, fingerprint),
-                      out / HISTORY if main else None,
-                      run_tracking.epoch_logger(run_id) if run_id else None)
-        metrics = train_metrics(result, len(frames["train"]), len(frames["val"]),
-                                time.monotonic() - started)
+    with _tracked(tracking_params if main else None, out, resolved) as run_id:
+        inputs = fitting.RunInputs(
+            trainval, data.rhythm_matrix(trainval, rr_names, spectrograms / INDEX), None,
+            spectrograms)
+        if cached:
+            inputs.features = fitting.cached_features(
+                setup, Path(params.feature_cache_dir or FEATURE_STORE), spectrograms, trainval,
+                device, 2 * params.batch_size,  # no gradients to keep: twice the batch fits
+                params.feature_dtype)
+        fits = fitting.fit_folds(
+            setup, inputs, folds, _fit_config(params, freeze, select), params, freeze, device,
+            out / CHECKPOINT, fingerprint, partial(_class_weights, params, len(classes)),
+            partial(_epoch_callback, out / HISTORY if main else None, run_id, len(folds) > 1))
+        validation = _validate(setup, fits, trainval, params, select)
+        metrics = _metrics(fits, validation, trainval, time.monotonic() - started)
         if main:  # no metadata in the weights: its order varies, the bytes would too
-            save_weights(setup.model, out / MODEL)
+            resolved["validation"] = validation
+            save_weights(setup.net, out / MODEL)
             write_json(out / METRICS, metrics)
             write_json(out / RESOLVED, resolved)
         if run_id:
             run_tracking.log_train_outputs(run_id, metrics, [out / RESOLVED, out / HISTORY])
-    log.info("wrote %s: best val macro-F1 %.4f at epoch %d",
-             out, metrics["best_val_macro_f1"], metrics["best_epoch"])
+    log.info("wrote %s: validation macro-F1 %.4f over %s", out,
+             metrics["best_val_macro_f1"], ", ".join(resolved["select_classes"]))
     return metrics
 
 
-def _train_sets(
-    params: TrainParams,
-    setup: TrainingModel,
-    backbone: str,
-    spectrograms: Path,
-    frames: dict[str, pd.DataFrame],
-    device: torch.device,
-    cached: bool,
-    data_version: str,
-    out: Path,
-) -> features.TrainSets:
-    workers = data.resolve_workers(params.num_workers, device)
-    images = {s: data.SpectrogramDataset(spectrograms, df) for s, df in frames.items()}
-    if not cached:
-        return features.TrainSets(setup.model, images, setup.prepare, workers, batch_index=False)
-    key = features.cache_key(backbone=backbone, weights=setup.weights_id, spec=setup.spec,
-                             pre_logits=params.pre_logits, data=data_version,
-                             seed=params.seed if setup.weights.kind == "random" else None)
-    folder = Path(params.feature_cache_dir or out / FEATURES) / f"{backbone}-{key}"
-    return features.cached_head_sets(
-        setup.model, params.pre_logits, images, folder, device, setup.prepare.preprocess,
-        extract=distributed.feature_datasets,  # ranks share the extraction
-        batch_size=2 * params.batch_size,  # no gradients to keep: twice the batch fits
-        workers=workers, dtype=params.feature_dtype)
+def _tracked(
+    tracking_params: run_tracking.TrackingParams | None, out: Path, resolved: dict
+) -> AbstractContextManager[str | None]:
+    """The run's MLflow run (opened or resumed, FAILED on error), or no tracking at all."""
+    if tracking_params is None:
+        return nullcontext(None)
+    weights, arch = resolved["weights"], resolved["model"]
+    tags = {"stage": "train", "backbone": resolved["backbone"], "freeze": resolved["freeze"],
+            "weights": weights["describe"], "weights.sha256": weights["sha256"],
+            "device": resolved["device"], "inputs": arch["inputs"], "head": arch["head"],
+            "folds": len(resolved["folds"])}  # git commit and DVC hashes: start_run adds them
+    return run_tracking.train_run(tracking_params, out, resolved["fingerprint"], resolved, tags)
 
 
-def _fit(
-    params: TrainParams,
-    freeze: FreezeMode,
-    model: torch.nn.Module,
-    train_sets: features.TrainSets,
-    targets: np.ndarray,
-    device: torch.device,
-    weight: torch.Tensor | None,
-    checkpointer: Checkpointer,
-    history: Path | None,
-    on_epoch_end: EpochCallback | None = None,
-) -> FitResult:
-    """Loaders, optimiser groups and the training loop; history.csv (and `on_epoch_end`,
-    e.g. MLflow logging) after every epoch; `history` None writes none (ranks other than 0).
+def _rr_names(meta: dict, inputs: str, spectrograms: Path) -> list[str]:
+    if not uses_rr(inputs):
+        return []
+    rhythm = meta.get("segments", {}).get("rhythm")
+    if not rhythm:
+        raise ValueError(f"{spectrograms / META}: no rhythm features recorded; re-run the "
+                         "segment and spectrogram stages (dvc repro spectrogram), or set "
+                         "train.inputs: image")
+    return list(rhythm["features"])
 
-    Under torchrun each process loads its share of every global batch of `train.batch_size`
-    and the module trains in DistributedDataParallel (`pipeline.distributed`)."""
-    gen = torch.Generator().manual_seed(params.seed)
-    sampler = data.train_sampler(targets, params.imbalance == "balanced_sampler", gen)
-    loaders = {
-        split: data.make_loader(
-            ds, distributed.local_batch(params.batch_size), device, params.seed,
-            num_workers=train_sets.workers, batch_index=train_sets.batch_index,
-            sampler=distributed.sharded_sampler(sampler, ds, params.batch_size)
-            if split == "train" else distributed.sharded_sampler(None, ds, None),
-        )
-        for split, ds in train_sets.sets.items()
-    }
-    cfg = _fit_config(params, freeze)
-    layer_decay = params.layer_decay if freeze != "frozen" else None  # one head: no layers
-    result = fit(
-        distributed.wrap(train_sets.module, device),
-        param_groups(model, cfg.lr, cfg.weight_decay, layer_decay),
-        loaders["train"], loaders["val"], cfg, device, checkpointer,
-        prepare=train_sets.prepare, class_weights=weight, sampler_generator=gen,
-        on_epoch_end=partial(_after_epoch, history, on_epoch_end) if history is not None else None,
-        gather=distributed.gather,
-    )
-    if history is not None:
-        write_history(history, result.history)
+
+def _check_combination(params: TrainParams, setup: fitting.Setup, cached: bool) -> None:
+    if cached and setup.prepare.augment.enabled:
+        raise ValueError(
+            "train.augment masks change every epoch, but frozen mode caches features once: set "
+            "train.cache_features=false to recompute features each epoch, or turn the masks off")
+    if cached and params.pre_logits == "trainable" and uses_image(params.inputs):
+        raise ValueError("train.pre_logits: trainable trains layers after the cached features; "
+                         "set train.cache_features: false, or pre_logits: frozen")
+
+
+def _validate(setup: fitting.Setup, fits: list[fitting.FoldFit], trainval: pd.DataFrame,
+              params: TrainParams, select: list[int]) -> dict:
+    """Out-of-fold validation over every validated row; fits the class bias if asked."""
+    rows = np.concatenate([f.fold.val for f in fits])
+    oof = cv.out_of_fold([f.fold for f in fits], [f.val_probs for f in fits], len(trainval))
+    probs, targets = oof[rows], trainval["target"].to_numpy()[rows]
+    result: dict = {"rows": int(rows.size),
+                    "macro_f1": cv.macro_f1(targets, np.log(np.clip(probs, 1e-12, 1)), select)}
+    if params.calibrate:
+        groups = trainval["subject" if "subject" in trainval else "record"].to_numpy()[rows]
+        result["calibration_gain"] = cv.calibration_gain(probs, targets, groups, select)
+        bias = cv.calibrate_bias(probs, targets, select)
+        setup.net.head.class_bias.copy_(torch.from_numpy(bias).float())
+        result["class_bias"] = bias.tolist()
+        result["macro_f1_calibrated_in_sample"] = cv.macro_f1(
+            targets, np.log(np.clip(probs, 1e-12, 1)) + bias, select)
     return result
 
 
-def _fit_config(params: TrainParams, freeze: FreezeMode) -> FitConfig:
+def _class_weights(params: TrainParams, num_classes: int,
+                   targets: np.ndarray) -> torch.Tensor | None:
+    if params.imbalance != "weighted_loss":
+        return None
+    return data.class_weights(targets, num_classes, params.class_weight_power,
+                              params.class_weight_cap)
+
+
+def _epoch_callback(history: Path | None, run_id: str | None, several: bool,
+                    fold: cv.Fold) -> EpochCallback | None:
+    """history.csv after every epoch (rows of every fold) and MLflow curves (fold-prefixed)."""
+    if history is None:
+        return None
+    done = _read_history(history, keep_except=fold.name)
+
+    def after(rows: list[dict]) -> None:
+        write_history(history, done + [{"fold": fold.name, **r} for r in rows])
+        if run_id:
+            row = dict(rows[-1])
+            epoch = int(row.pop("epoch"))
+            prefix = f"{fold.name}_" if several else ""
+            run_tracking.log_epoch(run_id, {f"{prefix}{k}": v for k, v in row.items()}, epoch)
+
+    return after
+
+
+def _read_history(path: Path, keep_except: str) -> list[dict]:
+    if not path.is_file():
+        return []
+    table = pd.read_csv(path)
+    return table[table["fold"] != keep_except].to_dict("records")
+
+
+def _fit_config(params: TrainParams, freeze: FreezeMode, select: list[int]) -> FitConfig:
     return FitConfig(
         epochs=params.epochs, lr=params.lr[freeze], optimizer=params.optimizer,
         weight_decay=params.weight_decay, momentum=params.momentum,
         warmup_epochs=params.warmup_epochs, label_smoothing=params.label_smoothing,
-        patience=params.patience, seed=params.seed,
+        patience=params.patience, seed=params.seed, select=tuple(select),
     )
 
 
-def _after_epoch(path: Path, then: EpochCallback | None, history: list[dict]) -> None:
-    write_history(path, history)
-    if then is not None:
-        then(history)
+def write_history(path: Path, history: list[dict]) -> None:
+    """history.csv for `dvc plots` (x: epoch), rewritten atomically after every epoch."""
+    with atomic_path(path) as tmp:
+        pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_csv(tmp, index=False)
+
+
+def _metrics(fits: list[fitting.FoldFit], validation: dict, trainval: pd.DataFrame,
+             seconds: float) -> dict:
+    best = [f.result.history[f.result.best_epoch - 1] for f in fits]
+    return {
+        "best_val_macro_f1": validation["macro_f1"],  # out-of-fold, over select_classes
+        "folds": len(fits),
+        "best_epoch": [f.result.best_epoch for f in fits] if len(fits) > 1
+        else fits[0].result.best_epoch,
+        "best_val_acc": float(np.mean([b["val_acc"] for b in best])),
+        "best_val_loss": float(np.mean([b["val_loss"] for b in best])),
+        "train_macro_f1_at_best": float(np.mean([b["train_macro_f1"] for b in best])),
+        "epochs_run": sum(len(f.result.history) for f in fits),
+        "stopped_early": any(f.result.stopped_early for f in fits),
+        "trainval_images": len(trainval),
+        "val_images": validation["rows"],
+        "train_seconds": round(seconds, 1),  # of this call (a resumed run counts its part)
+    }
+
+
+def _counts(frame: pd.DataFrame, classes: list[str]) -> dict[str, dict[str, int]]:
+    table = pd.crosstab(frame["split"], frame["label"]).reindex(columns=classes, fill_value=0)
+    return {split: {c: int(n) for c, n in row.items()} for split, row in table.iterrows()}
 
 
 def _code_version() -> str:
@@ -296,6 +282,12 @@ def _code_version() -> str:
     for name in CODE_MODULES:
         digest.update((here / f"{name}.py").read_bytes())
     return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "numpy": np.__version__,
+            "cuda": torch.version.cuda or "none"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,11 +1,10 @@
 """Data-parallel training: per-rank sampling, and two gloo processes under torchrun against one.
 
 The torchrun test trains `test_convnext` (LayerNorm only: no per-rank BatchNorm statistics) in
-partial mode with an unweighted loss, where two processes of half the global batch take the
-same optimiser steps as one process: per-epoch validation metrics agree to float rounding
-(TOLERANCE). It also interrupts the two-process run after its first epoch and checks that the
-restarted run resumes into the same checkpoint and the same MLflow run, and that rank 1 wrote
-nothing.
+partial mode with the weighted loss, where two processes of half the global batch take the
+same optimiser steps as one process: per-epoch metrics agree to float rounding (TOLERANCE).
+It also interrupts the two-process run after its first epoch and checks that the restarted run
+resumes into the same checkpoint and the same MLflow run, and that rank 1 wrote nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import yaml
 
 from data_prep.params import read_yaml
 from pipeline import data, distributed, train
+from pipeline.engine import WeightedCrossEntropy
 from pipeline.run_folder import CHECKPOINT, HISTORY, METRICS, MODEL, RESOLVED
 from tests.helpers import QUICK
 from tests.synthetic import write_synthetic
@@ -33,7 +33,7 @@ from tests.synthetic import write_synthetic
 REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = {"loss": 1e-4, "acc": 1e-6, "macro_f1": 1e-6}  # float32 sums in another order
 DDP_RUN = {"backbones": ["test_convnext"], "freeze_modes": ["partial"], "trainable_groups": 1,
-           "imbalance": "none", "epochs": 3, "batch_size": 8, "lr": {"partial": 3e-3},
+           "epochs": 3, "batch_size": 8, "lr": {"partial": 3e-3},
            "nproc": 2}
 
 
@@ -64,6 +64,18 @@ def test_ranks_together_draw_the_single_process_order(balanced):
     slices = [list(distributed.ShardedSampler(samplers[r + 1], 8, r, 2)) for r in range(2)]
     merged = [i for b in range(5) for r in range(2) for i in slices[r][4 * b:4 * b + 4]]
     assert merged == single
+
+
+def test_weighted_loss_averaged_over_ranks_is_the_global_batch_loss():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(8, 3), torch.tensor([0, 0, 0, 1, 2, 0, 1, 0])
+    weight = torch.tensor([0.5, 2.0, 4.0])
+    single = WeightedCrossEntropy(weight, 0.1)(logits, targets)
+    halves = [slice(0, 4), slice(4, 8)]  # the ranks' slices; their weight sums differ
+    sums = torch.stack([weight[targets[h]].sum() for h in halves])
+    per_rank = [WeightedCrossEntropy(weight, 0.1, gather=lambda _: sums)(logits[h], targets[h])
+                for h in halves]
+    torch.testing.assert_close(sum(per_rank) / 2, single)  # DDP's average of the two
 
 
 def test_without_torchrun_everything_is_one_process():

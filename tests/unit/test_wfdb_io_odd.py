@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import signals, wfdb_io
+from data_prep import signals, wfdb_files, wfdb_io
 from tests import odd_records
 from tests.synthetic import ecg_like, regular_beats
 
@@ -69,9 +69,9 @@ def test_complete_annotation_files_pass_the_end_marker_check(tmp_path: Path) -> 
 
     path = write_annotations(tmp_path, "r", [5, 100_000, 100_020], ["+", "N", "+"],
                              ["(AFIB\x00", "", "(N"])
-    assert wfdb_io.annotation_complete(path)
+    assert wfdb_files.annotation_complete(path)
     path.write_bytes(path.read_bytes()[:-2])
-    assert not wfdb_io.annotation_complete(path)
+    assert not wfdb_files.annotation_complete(path)
 
 
 def test_unparsable_date_names_field_and_tolerance_reads_it(tmp_path: Path) -> None:
