@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
@@ -49,15 +49,50 @@ class SplitDefinition(StrictModel):
     shared_subjects_allowed: dict[Name, str] = Field(default_factory=dict)
 
 
+LabelMode = Literal["beat", "rhythm", "record"]
+RANDOM_SPLIT = "random"
+
+
 class DatabaseConfig(StrictModel):
-    """configs/databases/<db>.yaml; every field has a default for databases without one."""
+    """configs/databases/<db>.yaml (template: configs/databases/_template.yaml).
+
+    Every field has a default for databases without a file; `configured` says whether one was read.
+    """
 
     name: str | None = None
     version: str | None = None
     annotator: str | None = None
+    leads: list[str] = Field(default_factory=list)
+    label_modes: list[LabelMode] = Field(default_factory=list)
     exclude: dict[Name, str] = Field(default_factory=dict)
     subjects: dict[Name, Name] = Field(default_factory=dict)
     splits: dict[str, SplitDefinition] = Field(default_factory=dict)
+    default_split: str | None = None
+    configured: bool = Field(default=False, exclude=True)  # set by load_database, not by the file
+
+    @model_validator(mode="after")
+    def _default_split_known(self) -> DatabaseConfig:
+        known = [*self.splits, RANDOM_SPLIT]
+        if self.default_split is not None and self.default_split not in known:
+            raise ValueError(f"default_split '{self.default_split}' is none of {known}")
+        return self
+
+    def check_label_mode(self, mode: str, database: str) -> None:
+        """Fails early when the config says the database has no labels of this shape."""
+        if self.label_modes and mode not in self.label_modes:
+            raise ValueError(f"segment.label_mode '{mode}': configs/databases/{database}.yaml "
+                             f"says the database has labels for {self.label_modes} only; set "
+                             "segment.label_mode to one of them (or add the mode to label_modes)")
+
+    def lead_preference(self, leads: list[str]) -> list[str]:
+        """segment.leads, then the database's own lead names not already listed."""
+        return [*leads, *(lead for lead in self.leads if lead not in leads)]
+
+    def resolve_split(self, definition: str) -> str:
+        """`split.definition: default` -> the database's default_split, else "random"."""
+        if definition != "default":
+            return definition
+        return self.default_split or RANDOM_SPLIT
 
 
 def load_label_map(path: Path) -> LabelMap:
@@ -65,13 +100,27 @@ def load_label_map(path: Path) -> LabelMap:
     return parse_section({"label_map": read_yaml(path)}, "label_map", LabelMap, str(path))
 
 
+NO_CONFIG_WARNING = (
+    "{path} not found: EACH RECORD IS TAKEN AS ITS OWN SUBJECT (records of one patient can land "
+    "in two splits unseen), no records are excluded and only split.definition 'random' or "
+    "'default' works. Copy configs/databases/_template.yaml to {path} and fill it in."
+)
+
+
 def load_database(name: str, databases_dir: Path = DATABASES_DIR) -> DatabaseConfig:
-    """Database facts from <databases_dir>/<name>.yaml; defaults when there is none."""
+    """Database facts from <databases_dir>/<name>.yaml; defaults (and a loud warning) without."""
+    if name.startswith("_"):
+        raise ValueError(f"dataset.name '{name}': names starting with '_' are templates "
+                         f"({databases_dir}/{name}.yaml); name the database's own copy after it")
     path = databases_dir / f"{name}.yaml"
     if not path.is_file():
-        log.warning("%s: no database config; no exclusions, every record its own subject", path)
+        log.warning(NO_CONFIG_WARNING.format(path=path))
         return DatabaseConfig()
-    return parse_section({"database": read_yaml(path)}, "database", DatabaseConfig, str(path))
+    data = read_yaml(path)
+    if "configured" in data:
+        raise ValueError(f"{path}: 'configured' is not a database config key; remove it")
+    config = parse_section({"database": data}, "database", DatabaseConfig, str(path))
+    return config.model_copy(update={"configured": True})
 
 
 def resolve_annotator(explicit: str | None, db: DatabaseConfig | None = None) -> str:

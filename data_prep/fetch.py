@@ -8,9 +8,11 @@ names it `SHA256SUMS.txt`) and the record files.
 
 Writes `<out>/<db>/`: every file of each selected record (`<record>.*`: header, signals,
 annotations...), top-level `.csv` tables (challenge `REFERENCE.csv`), `RECORDS` listing the
-fetched records and the manifest restricted to them; and `<out>/fetch.json` (source, version,
-records, file/byte/verified counts). Files are staged in a temporary folder swapped in once all
-are complete and verified: a failed run leaves no half-written file, a good one no stale file.
+fetched records and the manifest restricted to them, and `fetch.json` in it (source, version,
+records, file/byte/verified counts): everything of one database in one folder. Files are
+staged in a temporary folder swapped in once all are complete and verified: a failed run leaves
+no half-written file, a good one no stale file. The `sources` stage (`data_prep.sources`) runs
+first and describes the mirror, so that a changed mirror re-runs this stage.
 
 Run: `python -m data_prep.fetch --params params.yaml --out data/raw`
 """
@@ -30,7 +32,15 @@ from tqdm import tqdm
 
 from data_prep.checksums import find_manifest, parse_manifest, verify_files
 from data_prep.cli import run_main
-from data_prep.layout import FETCH_JSON, MANIFEST_NAMES, RECORDS, parse_records, write_json
+from data_prep.layout import (
+    ENV_MIRROR,
+    FETCH_JSON,
+    MANIFEST_NAMES,
+    RECORDS,
+    parse_records,
+    resolve_mirror,
+    write_json,
+)
 from data_prep.params import (
     DEFAULT_PARAMS,
     DatasetParams,
@@ -41,7 +51,6 @@ from data_prep.params import (
 
 log = logging.getLogger(__name__)
 
-ENV_MIRROR = "ECG_PHYSIONET_MIRROR"
 # builtin, socket and requests/urllib3 network errors, by name: neither library is imported
 _NET_ERRORS = {"ConnectionError", "TimeoutError", "gaierror", "Timeout", "NewConnectionError",
                "MaxRetryError"}
@@ -57,14 +66,6 @@ class FetchParams(StrictModel):
 
 
 # ----------------------------------------------------------------------------- pure helpers
-
-
-def resolve_mirror(params_mirror: Path | None, env: Mapping[str, str]) -> Path | None:
-    """Returns the mirror to copy from: params first, then the environment, else None."""
-    if params_mirror is not None:
-        return Path(params_mirror)
-    value = env.get(ENV_MIRROR, "").strip()
-    return Path(value) if value else None
 
 
 def select_records(available: list[str], wanted: list[str], where: str) -> list[str]:
@@ -230,7 +231,7 @@ def _swap_in(staging: Path, target: Path) -> None:
 def run(
     dataset: DatasetParams, params: FetchParams, out: Path, env: Mapping[str, str] | None = None
 ) -> dict:
-    """Fetches `dataset.name` into `<out>/<db>/`, writes `<out>/fetch.json` and returns it."""
+    """Fetches `dataset.name` into `<out>/<db>/`, writes `<out>/<db>/fetch.json`, returns it."""
     db = dataset.name
     mirror = resolve_mirror(params.mirror, os.environ if env is None else env)
     db_dir = _mirror_db_dir(mirror, db) if mirror is not None else None
@@ -264,7 +265,7 @@ def run(
         "verified": checked["verified"],
         "unverified": checked["unverified"],
     }
-    write_json(out / FETCH_JSON, summary)
+    write_json(out / db / FETCH_JSON, summary)
     log.info("fetched %d records: %d files, %d bytes, %d verified", len(records),
              summary["files"], summary["bytes"], summary["verified"])
     return summary

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,16 @@ INDEX_DTYPES = {"record": str, "label": str, "symbol": str}
 
 RECORDS = "RECORDS"  # a PhysioNet database folder's list of record names
 MANIFEST_NAMES = ("SHA256SUMS", "SHA256SUMS.txt")  # mirrors made by hand / PhysioNet's own name
-FETCH_JSON = "fetch.json"  # what the fetch stage fetched, from where, with which digests
+FETCH_JSON = "fetch.json"  # in data/raw/<db>/: what fetch fetched, from where, with which digests
 SEGMENT_COLUMNS = ("record", "row", "sample", "label", "symbol")  # row = row in the shard
 ASSIGNMENT = "assignment.csv"
 ASSIGNMENT_COLUMNS = ("record", "subject", "split", "fold")  # fold: -1 for test records
 SPLITS = ("train", "val", "test")
 PREVIEW, PNG = "preview", "png"  # spectrogram folder: grids per class, optional PNG per image
 SEGMENTS_META = "segments"  # spectrogram meta.json key holding the segment stage's meta.json
+
+
+ENV_MIRROR = "ECG_PHYSIONET_MIRROR"  # a local PhysioNet mirror laid out as <mirror>/<db>/
 
 
 def parse_records(text: str) -> list[str]:
@@ -62,6 +65,14 @@ def list_records(record_dir: Path) -> list[str]:
         )
     log.warning("%s: no RECORDS file, using the %d .hea files found", record_dir, len(records))
     return records
+
+
+def resolve_mirror(params_mirror: Path | None, env: Mapping[str, str]) -> Path | None:
+    """Returns the mirror to copy from: params first, then the environment, else None."""
+    if params_mirror is not None:
+        return Path(params_mirror)
+    value = env.get(ENV_MIRROR, "").strip()
+    return Path(value) if value else None
 
 
 @contextmanager

@@ -82,3 +82,10 @@ def parse_section(data: dict, section: str, model: type[T], source: str = "param
 def load_section(section: str, model: type[T], path: Path = DEFAULT_PARAMS) -> T:
     """Loads and validates one section of a params file."""
     return parse_section(read_yaml(path), section, model, source=str(path))
+
+
+def per_database(given: Path | None, params_path: Path, folder: str, *rest: str) -> Path:
+    """`given`, else `<folder>/<dataset.name>/<rest...>`: each database's outputs apart."""
+    if given is not None:
+        return given
+    return Path(folder, load_section("dataset", DatasetParams, params_path).name, *rest)

@@ -57,7 +57,8 @@ from data_prep.configs import (
     resolve_annotator,
 )
 from data_prep.params import DatasetParams, parse_section, read_yaml
-from data_prep.skips import RecordResult, check_skips, summarise
+from data_prep.segment_summary import check_skips as _check
+from data_prep.segment_summary import summarise
 from data_prep.windows import SegmentParams, condition_and_cut, flat_windows, signal_quality
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,19 @@ class Context:
     annotator: str
     reference: dict[str, str]
     beat_symbols: frozenset[str]  # annotation symbols that are beats (segment.rhythm.beat_labels)
+
+
+@dataclass
+class RecordResult:
+    """What one record contributed: its index rows and its counts (the shard is on disk)."""
+
+    record: str
+    segments: Segments | None = None
+    lead: str | None = None
+    fell_back: bool = False
+    header_dropped: tuple[str, ...] = ()
+    skip: RecordSkip | None = None
+    index: pd.DataFrame | None = None
 
 
 def _read(reader: Callable[..., T], *args: object, missing: str, unreadable: str,
@@ -215,7 +229,9 @@ def _context(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path,
         ref = Path(params.reference_csv or "")
         found = [p for p in (record_dir / ref, raw_dir / ref) if p.is_file()]
         reference = read_reference(found[0] if found else record_dir / ref)
+    db.check_label_mode(params.label_mode, database)
     annotator = resolve_annotator(params.annotator, db)
+    params = params.model_copy(update={"leads": db.lead_preference(params.leads)})
     beats = params.rhythm.beat_labels
     beat_symbols = frozenset(load_label_map(Path(beats)).map) if beats else frozenset()
     return Context(params, load_label_map(Path(params.label_map)), record_dir, out_dir,
@@ -238,7 +254,7 @@ def run(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path, *,
     results = _process_all(ctx, [r for r in records if r not in excluded], workers)
     summary = summarise(results, excluded, ctx.labels, params, database)
     layout.write_json(ctx.out_dir / layout.SUMMARY, summary)
-    check_skips(summary, ctx.out_dir / layout.SUMMARY)
+    _check(summary, ctx.out_dir / layout.SUMMARY)
     offset, length, _ = params.geometry()
     layout.write_index(ctx.out_dir / layout.INDEX,
                        pd.concat([r.index for r in results if r.index is not None]))

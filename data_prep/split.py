@@ -28,7 +28,13 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from data_prep.cli import run_main
-from data_prep.configs import DATABASES_DIR, DatabaseConfig, SplitDefinition, load_database
+from data_prep.configs import (
+    DATABASES_DIR,
+    NO_CONFIG_WARNING,
+    DatabaseConfig,
+    SplitDefinition,
+    load_database,
+)
 from data_prep.folds import assign_folds, holdout_subjects
 from data_prep.layout import (
     ASSIGNMENT,
@@ -120,7 +126,7 @@ def assign(
 
 def _definition(config: DatabaseConfig, name: str) -> SplitDefinition:
     if name not in config.splits:
-        available = [*config.splits, RANDOM]
+        available = [*config.splits, RANDOM, "default"]
         raise ValueError(
             f"split.definition '{name}' unknown; available: {available} (named splits live "
             "under `splits:` in configs/databases/<db>.yaml). Fix split.definition in params.yaml."
@@ -191,6 +197,9 @@ def run(dataset: DatasetParams, params: SplitParams, segments: Path, out: Path,
         raise ValueError(f"{segments / INDEX}: labels {unknown} not in meta.json classes "
                          f"{classes}; re-run the segment stage")
     config = load_database(dataset.name, config_dir)
+    if (definition := config.resolve_split(params.definition)) != params.definition:
+        log.info("split.definition '%s' -> '%s'", params.definition, definition)
+        params = params.model_copy(update={"definition": definition})
     assignment, left_out, absent = assign(index, config, params)
     named = config.splits.get(params.definition)  # None for "random"
     leakage = check_leakage(assignment, named.shared_subjects_allowed if named else {})
@@ -202,6 +211,9 @@ def run(dataset: DatasetParams, params: SplitParams, segments: Path, out: Path,
     summary = {"definition": params.definition, "seed": params.seed,
                **summarise(index, assignment, classes), "leakage": leakage,
                "left_out": left_out, "not_in_index": absent}
+    if not config.configured:  # said again where people read the split: its summary
+        summary["warnings"] = [NO_CONFIG_WARNING.format(path=config_dir / f"{dataset.name}.yaml")]
+        log.warning(summary["warnings"][0])
     write_index(out / ASSIGNMENT, assignment)
     write_json(out / SUMMARY, summary)
     for name in SPLITS:

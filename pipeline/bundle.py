@@ -143,7 +143,11 @@ def _results(meta: dict) -> list[str]:
         row = test.get(name) or {}
         lines.append(f"| {name} | {row.get('support', 'n/a')} | {_with_ci(row, 'se')} | "
                      f"{_with_ci(row, 'ppv')} | {_fmt(row.get('f1'), pct=False)} |")
-    return lines
+    caveats = test.get("caveats")
+    if caveats is None:  # a report from before caveats were recorded: say so, claim nothing
+        return [*lines, "", "Caveats: not recorded by this evaluation; check class supports."]
+    return [*lines, "", "Caveats:", *(f"- {c}" for c in caveats)] if caveats else [
+        *lines, "", "Caveats: none (every class has at least 30 test examples)."]
 
 
 def _data(meta: dict) -> list[str]:
@@ -222,8 +226,8 @@ def render_model_card(meta: dict[str, Any]) -> str:
                   "favours the test result for that patient."]
     lines += ["", "## Results", "", *_results(meta), "",
               "## Known limits", "",
-              "- F and Q classes are tiny (hundreds and a handful of test beats): their Se/+P "
-              "intervals are wide and their point estimates unreliable.",
+              "- Classes with few test examples (see Caveats under Results) have wide Se/+P "
+              "intervals and unreliable point estimates.",
               "- One lead only (MLII in most training records); other leads or placements are "
               "a distribution shift the model never saw.",
               "- Trained on one database (MIT-BIH, 1970s ambulatory recordings, 47 subjects): "

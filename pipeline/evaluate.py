@@ -7,8 +7,15 @@ Reads `models/<run>/` (model.safetensors, resolved_config.json, mlflow_run.json)
 - `predictions.csv`: split,record,row,sample,label,pred,prob_<class>... (classes in meta.json
   order), one row per image of each evaluated split; float32 softmax probabilities written
   with 9 significant digits, which read back as the identical float32 values;
-- `metrics.json`: `{split: metrics tree}` with record-bootstrap intervals (`dvc metrics show`);
+- `headline.json`: the DVC metrics file (`dvc metrics show`, `dvc exp show`): per split,
+  accuracy, the N/S/V/F macro-F1 and S and V Se/+P/F1 (`metrics.headline`);
+- `metrics.json`: `{split: metrics tree}`, every metric with record-bootstrap intervals and the
+  caveats (e.g. classes with fewer than 30 examples); read by export, not a DVC metric;
 - `confusion_test.csv`: actual,predicted per test image, for DVC's confusion template;
+- record and rhythm label modes: `metrics.json` also holds `record_level` per split (window
+  probabilities averaged per record: per-class F1 and the challenge-style mean F1, see
+  `pipeline.record_level`), `headline.json` its `record_mean_f1`, and
+  `details/<split>/record_predictions.csv` one row per record;
 - `details/`: `classification_report_<split>.txt` / `.json`, `notes.md`,
   `evaluation_config.json` and per split `<split>/`: confusion matrix (PNG with counts and
   row-normalised; CSVs of both), ROC / PR / reliability PNGs and CSVs, per-record (EC57) and
@@ -36,17 +43,18 @@ import torch
 from pydantic import Field, model_validator
 
 from data_prep.cli import run_main
-from data_prep.layout import INDEX, META, PREVIEW, atomic_path, write_json
-from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
-from pipeline import data, plots, run_tracking
+from data_prep.layout import INDEX, META, PREVIEW, SEGMENTS_META, atomic_path, write_json
+from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
+from pipeline import data, plots, record_level, run_tracking
 from pipeline.device import resolve_device
 from pipeline.inference import frame_probs
-from pipeline.metrics import Evaluation, evaluate, nan_to_none
+from pipeline.metrics import Evaluation, evaluate, headline, nan_to_none
 from pipeline.report_folder import (
     CONFIG,
     CONFUSION,
     DETAILS,
     FLOAT_FORMAT,
+    HEADLINE,
     METRICS,
     NOTES,
     PREDICTIONS,
@@ -131,7 +139,9 @@ def run(
         with atomic_path(out / PREDICTIONS) as tmp:
             predictions.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
         results = evaluate_predictions(predictions, classes, params.n_boot, params.seed)
-        metrics = _write_reports(results, predictions, out, available)
+        label_mode = data.read_meta(spectrograms).get(SEGMENTS_META, {}).get("label_mode")
+        metrics = _write_reports(results, predictions, out, available,
+                                 by_record=label_mode in record_level.RECORD_LABEL_MODES)
         info = _config(params, model_dir, resolved, device, available, run_id)
         write_json(out / DETAILS / CONFIG, info)
         _write_notes(out / DETAILS / NOTES, info, results)
@@ -141,7 +151,7 @@ def run(
                                            example[1], len(rhythm_names(resolved))).cpu().float()
                           if tracking_params and tracking_params.log_model else None)
             run_tracking.log_evaluation(
-                run_id, out, metrics, _tags(info),
+                run_id, out, metrics, {**_tags(info), **_caveat_tags(results)},
                 [model_dir / RESOLVED, out / DETAILS / CONFIG], spectrograms / PREVIEW,
                 classifier, example[0])
     log.info("wrote %s: %s", out, ", ".join(
@@ -168,9 +178,10 @@ def _split_frames(
 
 def _write_reports(
     results: dict[str, Evaluation], predictions: pd.DataFrame, out: Path,
-    available: dict[str, int],
+    available: dict[str, int], by_record: bool = False,
 ) -> dict:
-    """Per split: classification reports, figures and tables; then metrics.json."""
+    """Per split: classification reports, figures and tables; then metrics.json. `by_record`
+    (record and rhythm modes) adds record-level results (`pipeline.record_level`)."""
     metrics = {}
     for split, ev in results.items():
         part = predictions[predictions["split"] == split]
@@ -191,9 +202,21 @@ def _write_reports(
                    nan_to_none(ev.report_dict))
         # a capped (quick-profile) evaluation must never pass for the full split's result
         metrics[split] = {**nan_to_none(ev.metrics_tree()), "subset": len(part) < available[split],
-                          "n_available": available[split]}
+                          "n_available": available[split], "caveats": list(ev.notes)}
+        if by_record:
+            records = record_level.aggregate(part, ev.class_names)
+            plots.table_csv(records, folder / "record_predictions.csv")
+            metrics[split]["record_level"] = record_level.scores(records, ev.class_names)
     write_json(out / METRICS, metrics)
+    write_json(out / HEADLINE, {split: nan_to_none(_headline(tree, results[split].class_names))
+                                for split, tree in metrics.items()})
     return metrics
+
+
+def _headline(tree: dict, classes: list[str]) -> dict:
+    """`metrics.headline`, plus the record-level mean F1 in record and rhythm modes."""
+    by_record = tree.get("record_level")
+    return headline(tree, classes) | ({"record_mean_f1": by_record["mean_f1"]} if by_record else {})
 
 
 def _config(
@@ -216,6 +239,11 @@ def _tags(info: dict) -> dict[str, str]:
             "evaluate.precision": info["precision"], "evaluate.n_boot": params["n_boot"],
             "evaluate.subset": str(info["subset"]).lower(),
             "evaluate.max_per_class": params["max_per_class"] or "all"}
+
+
+def _caveat_tags(results: dict[str, Evaluation]) -> dict[str, str]:
+    """`caveats.<split>`: what not to trust in the run's numbers ("none" when nothing)."""
+    return {f"caveats.{split}": "; ".join(ev.notes) or "none" for split, ev in results.items()}
 
 
 def _write_notes(path: Path, info: dict, results: dict[str, Evaluation]) -> None:
@@ -252,15 +280,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     parser.add_argument("--model", type=Path, required=True, help="train run folder")
-    parser.add_argument("--spectrograms", type=Path, default=Path("data/spectrograms"))
-    parser.add_argument("--splits", type=Path, default=Path("data/splits"))
-    parser.add_argument("--out", type=Path, help="report folder (default: reports/<run>)")
+    parser.add_argument("--spectrograms", type=Path, help="images (data/spectrograms/<db>)")
+    parser.add_argument("--splits", type=Path, help="assignment (data/splits/<db>)")
+    parser.add_argument("--out", type=Path, help="report folder (default: reports/<db>/<run>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     params = load_section("evaluate", EvaluateParams, args.params)
     tracking_params = run_tracking.load_tracking(args.params)
-    run(params, args.model, args.spectrograms, args.splits,
-        args.out or Path("reports") / args.model.name, tracking_params)
+    run(params, args.model, per_database(args.spectrograms, args.params, "data/spectrograms"),
+        per_database(args.splits, args.params, "data/splits"),
+        per_database(args.out, args.params, "reports", args.model.name), tracking_params)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from data_prep.layout import (
     read_json,
     sha256_file,
 )
-from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section
+from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
 from data_prep.stft import ImageParams, image_meta
 from data_prep.windows import SegmentParams
 from pipeline import bundle, provenance, run_tracking
@@ -299,7 +299,8 @@ def run(params: ExportParams, model_dir: Path, reports: Path, segments: Path,
     log.info("wrote %s (parity: max |diff| %.2e on %d images)", out, parity["max_abs_diff"],
              parity["images"])
     if params.register_model:
-        run_tracking.register_bundle(model_dir, out, params.registered_name, params.alias)
+        run_tracking.register_bundle(model_dir, out, run_tracking.registered_name(
+            params.registered_name, meta.get("data", {}).get("database")), params.alias)
     else:
         log.info("export.register_model is false: not registering %s in MLflow", out)
     return meta
@@ -309,17 +310,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     parser.add_argument("--model", type=Path, required=True, help="train run folder")
-    parser.add_argument("--reports", type=Path, help="evaluate folder (default: reports/<run>)")
-    parser.add_argument("--segments", type=Path, default=Path("data/segments"))
-    parser.add_argument("--spectrograms", type=Path, default=Path("data/spectrograms"))
-    parser.add_argument("--splits", type=Path, default=Path("data/splits"))
-    parser.add_argument("--out", type=Path, help="bundle folder (default: models/export/<run>)")
+    for flag, default in (("reports", "reports/<db>/<run>"), ("segments", "data/segments/<db>"),
+                          ("spectrograms", "data/spectrograms/<db>"),
+                          ("splits", "data/splits/<db>"), ("out", "models/export/<db>/<run>")):
+        parser.add_argument(f"--{flag}", type=Path, help=f"default: {default}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     params = load_section("export", ExportParams, args.params)
     name = args.model.name
-    run(params, args.model, args.reports or Path("reports") / name, args.segments,
-        args.spectrograms, args.out or Path("models/export") / name, args.splits)
+    run(params, args.model, per_database(args.reports, args.params, "reports", name),
+        per_database(args.segments, args.params, "data/segments"),
+        per_database(args.spectrograms, args.params, "data/spectrograms"),
+        per_database(args.out, args.params, "models/export", name),
+        per_database(args.splits, args.params, "data/splits"))
 
 
 if __name__ == "__main__":

@@ -21,16 +21,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.metrics import (
-    average_precision_score,
     classification_report,
     log_loss,
-    roc_auc_score,
 )
 
-from pipeline.curves import calibration, pr_points, present_classes, roc_points, safe_div
+from pipeline.curves import auc_ap, calibration, pr_points, roc_points, safe_div
 
-SUMMARY_STATS = ("accuracy", "macro_f1", "balanced_accuracy")
-CLASS_STATS = ("se", "ppv")
+SUMMARY_STATS = ("accuracy", "macro_f1", "balanced_accuracy", "macro_f1_nsvf")
+CLASS_STATS = ("se", "ppv", "f1")
+# The field's headline average: N, S, V, F (Q has 7 test beats in mitdb's DS2, which estimate
+# nothing; a 5-class macro-F1 is dominated by that noise). NaN when a database lacks them.
+CORE_CLASSES = ("N", "S", "V", "F")
+# Fewer test examples than this in a class: its Se/+P/F1 and intervals are flagged as unreliable
+# (30: below it one example moves Se by more than 3 points and a bootstrap over a few records
+# collapses to intervals like [0, 0]).
+TINY_SUPPORT = 30
+AAMI_HEADLINE = CORE_CLASSES  # EC57 reports; Q (a handful of beats) stays in the detail
 
 
 @dataclass
@@ -92,9 +98,11 @@ def evaluate(
     record_names, codes = np.unique(records, return_inverse=True)
     per_record_cm = record_confusions(y_true, y_pred, codes, len(record_names), k)
     counts = per_record_cm.sum(axis=0)
-    rates = _rates(counts)
+    core = [list(class_names).index(c) for c in CORE_CLASSES if c in class_names]
+    core = core if len(core) == len(CORE_CLASSES) else []
+    rates = _rates(counts, core)
     notes: list[str] = []
-    auc, ap = _auc_ap(y_true, probs, class_names, notes)
+    auc, ap = auc_ap(y_true, probs, class_names, notes)
     per_class = pd.DataFrame(
         {
             "support": counts.sum(axis=1), "predicted": counts.sum(axis=0),
@@ -113,12 +121,16 @@ def evaluate(
     summary |= {"ece": ece, "log_loss": float(log_loss(y_true, unit, labels=list(range(k))))}
     summary |= {"n_segments": len(y_true), "n_records": len(record_names)}
     if n_boot > 0:
-        intervals = bootstrap_intervals(per_record_cm, n_boot, seed, alpha)
+        intervals = bootstrap_intervals(per_record_cm, n_boot, seed, alpha, core)
         for stat in SUMMARY_STATS:
             summary[f"{stat}_ci_low"], summary[f"{stat}_ci_high"] = map(float, intervals[stat])
         for stat in CLASS_STATS:
             per_class[f"{stat}_ci_low"], per_class[f"{stat}_ci_high"] = intervals[stat]
+    notes += tiny_support_caveats(per_class["support"])
     text, report = _report(y_true, y_pred, class_names)
+    if notes:  # the report people read first says what not to trust
+        text += "\nCaveats:\n" + "".join(f"- {note}\n" for note in notes)
+        report["caveats"] = list(notes)
     return Evaluation(
         class_names=list(class_names), counts=counts, normalised=row_normalise(counts),
         summary=summary, per_class=per_class,
@@ -126,6 +138,32 @@ def evaluate(
         report_text=text, report_dict=report, roc=roc_points(y_true, probs, class_names),
         pr=pr_points(y_true, probs, class_names), reliability=reliability, notes=notes,
     )
+
+
+def tiny_support_caveats(support: pd.Series, limit: int = TINY_SUPPORT) -> list[str]:
+    """A caveat for each class with 1 to `limit - 1` examples (0 has its own note)."""
+    return [f"class {name}: only {int(n)} examples (< {limit}): its Se, +P, F1 and their "
+            "intervals rest on too few examples to be reliable"
+            for name, n in support.items() if 0 < n < limit]
+
+
+def headline(tree: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
+    """The few numbers to compare runs by (`dvc metrics show`, `dvc exp show`).
+
+    AAMI classes: accuracy, the 4-class macro-F1 over N, S, V and F (the EC57 classes; Q, a
+    handful of beats, would swing it; F1 from the full confusion, so a beat predicted Q is a
+    miss), and Se, +P, F1 of S and V. Other label sets: accuracy, macro-F1 and each class's F1.
+    """
+    out: dict[str, Any] = {"accuracy": tree.get("accuracy")}
+    if set(AAMI_HEADLINE) <= set(class_names):
+        out |= {key: tree.get(key) for key in ("macro_f1_nsvf", "macro_f1_nsvf_ci_low",
+                                                 "macro_f1_nsvf_ci_high")}
+        for name in ("S", "V"):
+            out |= {f"{name}_{stat}": tree[name][stat] for stat in ("se", "ppv", "f1")}
+    else:
+        out["macro_f1"] = tree.get("macro_f1")
+        out |= {f"{name}_f1": tree[name]["f1"] for name in class_names}
+    return out
 
 
 def record_confusions(
@@ -144,7 +182,7 @@ def row_normalise(counts: np.ndarray) -> np.ndarray:
     return safe_div(counts, counts.sum(axis=-1, keepdims=True))
 
 
-def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
+def _rates(cm: np.ndarray, core: list[int] | None = None) -> dict[str, np.ndarray]:
     """EC57 rates from confusion matrices (..., K, K), vectorised over leading axes.
 
     Se = TP/(TP+FN), +P (ppv) = TP/(TP+FP), FPR = FP/(FP+TN), F1 = 2TP/(2TP+FP+FN).
@@ -162,11 +200,15 @@ def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
         "tp": tp, "fp": fp, "fn": fn, "tn": tn, "se": se, "ppv": safe_div(tp, predicted),
         "fpr": safe_div(fp, fp + tn), "f1": f1, "accuracy": safe_div(tp.sum(axis=-1), total),
         "macro_f1": _nanmean(f1, axis=-1), "balanced_accuracy": _nanmean(se, axis=-1),
+        # N, S, V, F average (CORE_CLASSES; `core` their indices), NaN without them
+        "macro_f1_nsvf": (_nanmean(f1[..., core], axis=-1) if core
+                          else np.full(f1.shape[:-1], np.nan)),
     }
 
 
 def bootstrap_intervals(
-    per_record_cm: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+    per_record_cm: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+    core: list[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Percentile intervals from resampling records (patients) with replacement.
 
@@ -184,7 +226,7 @@ def bootstrap_intervals(
     offsets = (np.arange(n_boot)[:, None] * n_records + draws).ravel()
     weights = np.bincount(offsets, minlength=n_boot * n_records).reshape(n_boot, n_records)
     cms = (weights @ per_record_cm.reshape(n_records, k * k)).reshape(n_boot, k, k)
-    rates = _rates(cms)
+    rates = _rates(cms, core or [])
     quantiles = [100 * alpha / 2, 100 * (1 - alpha / 2)]
     with warnings.catch_warnings():  # all-NaN columns (class never seen) are expected
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -250,27 +292,6 @@ def _validate(
     if not np.isfinite(probs).all() or probs.min() < 0 or np.abs(sums - 1).max() > 1e-3:
         raise ValueError("probs must be in [0, 1] with rows summing to 1; pass softmax outputs")
     return y_true.astype(np.int64), probs, records.astype(str)
-
-
-def _auc_ap(
-    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], notes: list[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """One-vs-rest ROC-AUC and average precision per class; NaN (with a note) if undefined.
-
-    Per class rather than `roc_auc_score(multi_class="ovr")`, which fails outright when a
-    class is missing from y_true (common: Q beats in a small test set).
-    """
-    auc, ap = np.full(len(class_names), np.nan), np.full(len(class_names), np.nan)
-    present = dict(present_classes(y_true, class_names))
-    for i, name in enumerate(class_names):
-        if i not in present:
-            notes.append(f"class {name}: no segments in y_true; Se, AUC and AP undefined (NaN)")
-        elif present.keys() == {i}:
-            notes.append(f"class {name}: the only class in y_true; AUC undefined (NaN)")
-        else:
-            auc[i] = roc_auc_score(y_true == i, probs[:, i])
-            ap[i] = average_precision_score(y_true == i, probs[:, i])
-    return auc, ap
 
 
 def _report(

@@ -3,7 +3,8 @@
 Imports numpy, scipy, pandas, onnxruntime and `data_prep` (lead choice, resampling, band-pass,
 window cutting and spectrogram images: the very functions the segment and spectrogram stages
 use) - never torch, timm, mlflow or dvc. Reads a bundle folder (`pipeline.bundle`) and WFDB
-records (any sampling rate wfdb reads); writes nothing except the CLI's CSV.
+records (any sampling rate wfdb reads); writes nothing except the CLI's CSV (and, for record
+and rhythm bundles, `<out>.records.csv`: one row per record, `Bundle.per_record`).
 
     from pipeline.predict import load_bundle
     bundle = load_bundle("models/export/vgg16.tv_in1k-frozen")
@@ -40,6 +41,7 @@ from data_prep.layout import list_records
 from data_prep.rhythm import RhythmParams
 from data_prep.stft import ImageParams, spectrogram_images
 from data_prep.windows import SegmentParams, cut_beats, cut_fixed, flat_windows
+from pipeline import record_level
 from pipeline.bundle import read_bundle_json
 from pipeline.onnx_runner import onnx_session, run_probs
 
@@ -67,6 +69,11 @@ class Bundle:
     @property
     def columns(self) -> list[str]:
         return [*BASE, *(f"prob_{c}" for c in self.classes)]
+
+    def per_record(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Record and rhythm modes: one row per record from its classified windows, by
+        evaluate's rule (mean window probabilities, argmax; `pipeline.record_level`)."""
+        return record_level.aggregate(table[table["status"] == "ok"], self.classes)
 
     @property
     def rhythm_features(self) -> list[str]:
@@ -306,6 +313,10 @@ def main(argv: list[str] | None = None) -> None:
     table = pd.concat(tables, ignore_index=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.6g")
+    if bundle.segment.label_mode in record_level.RECORD_LABEL_MODES:  # + <out>.records.csv
+        records = args.out.with_suffix(".records.csv")
+        bundle.per_record(table).to_csv(records, index=False, float_format="%.6g")
+        log.info("wrote %s: one row per record (mean of its windows' probabilities)", records)
     n_ok = int((table["status"] == "ok").sum())
     log.info("wrote %s: %d rows, %d classified", args.out, len(table), n_ok)
     if not n_ok:

@@ -1,7 +1,9 @@
 """An evaluation's report folder (`reports/<run>/`, written by evaluate, read by export).
 
     predictions.csv        split,record,row,sample,label,pred,prob_<class>... (PREDICTIONS)
-    metrics.json           {split: metrics tree} for `dvc metrics` (METRICS)
+    headline.json          {split: a few headline numbers}, the DVC metrics file (HEADLINE)
+    metrics.json           {split: metrics tree}, every metric and the caveats; not a DVC
+                           metric, so `dvc metrics show` / `dvc exp show` stay narrow (METRICS)
     confusion_test.csv     actual,predicted per test image, DVC's confusion template (CONFUSION)
     details/               reports, figures, tables, evaluation_config.json, notes.md (DETAILS)
 """
@@ -15,6 +17,7 @@ import pandas as pd
 
 PREDICTIONS, METRICS, CONFUSION, DETAILS = (
     "predictions.csv", "metrics.json", "confusion_test.csv", "details")
+HEADLINE = "headline.json"
 CONFIG, NOTES = "evaluation_config.json", "notes.md"  # in details/
 BASE_COLUMNS = ("split", "record", "row", "sample", "label", "pred")
 FLOAT_FORMAT = "%.9g"  # 9 significant digits: every float32 survives the CSV round trip exactly

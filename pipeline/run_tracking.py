@@ -11,6 +11,7 @@ imports mlflow); this module holds the `tracking:` params and the run-id file.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,9 @@ from pipeline.tracking import check_tracking_server
 log = logging.getLogger(__name__)
 
 __all__ = ["RUN_FILE", "TrackingParams", "check_tracking_server", "evaluation_run",
-           "load_tracking", "read_run_file", "register_bundle", "train_run"]
+           "load_tracking", "read_run_file", "register_bundle", "registered_name", "run_name",
+           "train_run"]
+DVC_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for every stage command
 
 
 class TrackingParams(StrictModel):
@@ -92,6 +95,12 @@ def _reusable_run(folder: Path, fingerprint: str, experiment: str) -> str | None
     return str(saved["run_id"])
 
 
+def run_name(folder: Path, database: str | None, env: Mapping[str, str] = os.environ) -> str:
+    """`<db>/<backbone>-<freeze>`, with ` (<experiment>)` inside `dvc exp run` (DVC_EXP_NAME)."""
+    name = f"{database}/{folder.name}" if database else folder.name
+    return f"{name} ({env[DVC_EXP_NAME]})" if env.get(DVC_EXP_NAME) else name
+
+
 @contextmanager
 def train_run(
     params: TrackingParams,
@@ -99,6 +108,7 @@ def train_run(
     fingerprint: str,
     run_params: Mapping[str, Any],
     tags: Mapping[str, Any],
+    database: str | None = None,
 ) -> Iterator[str]:
     """Opens (or reopens) the MLflow run of one train folder for the duration of training.
 
@@ -108,19 +118,22 @@ def train_run(
 
     Args:
         params: the `tracking:` section.
-        folder: the train stage's output folder; its name is the run name.
+        folder: the train stage's output folder; its name is in the run name (`run_name`).
         fingerprint: the train fingerprint; a run is reused only for the same one.
         run_params: nested params logged as dotted keys (train params, resolved config).
         tags: tags of the run (backbone, freeze mode, weights, device...).
+        database: the data's database, in the run name and the `database` tag.
 
     Yields:
         The run id.
     """
     run_id = _reusable_run(folder, fingerprint, params.experiment)
     if run_id is None:
-        run_id = tracking.start_run(params.experiment, folder.name, run_params, tags)
+        name = run_name(folder, database)
+        tags = {**tags, "database": database, "dvc.experiment": os.environ.get(DVC_EXP_NAME)}
+        run_id = tracking.start_run(params.experiment, name, run_params, tags)
         write_json(folder / RUN_FILE, {
-            "run_id": run_id, "experiment": params.experiment, "run_name": folder.name,
+            "run_id": run_id, "experiment": params.experiment, "run_name": name,
             "tracking_uri": public_uri(tracking.tracking_uri()), "fingerprint": fingerprint,
         })
     with tracking.fail_on_error(run_id):
@@ -203,6 +216,11 @@ def evaluation_run(params: TrackingParams | None, folder: Path) -> Iterator[str 
     with tracking.fail_on_error(run_id, previous_status=previous):
         yield run_id
     tracking.end_run(run_id, "FINISHED")
+
+
+def registered_name(name: str, database: str | None) -> str:
+    """`export.registered_name` + "-<db>": each database's models are versioned apart."""
+    return f"{name}-{database}" if database else name
 
 
 def register_bundle(folder: Path, bundle_dir: Path, name: str, alias: str | None) -> str:

@@ -42,7 +42,7 @@ import torch
 
 from data_prep.cli import run_main
 from data_prep.layout import INDEX, META, atomic_path, write_json
-from data_prep.params import DEFAULT_PARAMS, load_section
+from data_prep.params import DEFAULT_PARAMS, load_section, per_database
 from pipeline import cv, data, distributed, features, fitting, run_tracking
 from pipeline.checkpoint import save_weights
 from pipeline.device import resolve_device
@@ -109,6 +109,7 @@ def run(
     select = [classes.index(c) for c in params.select_classes if c in classes]
     resolved = {
         "stage": "train", "backbone": backbone, "freeze": freeze, "params": params.model_dump(),
+        "database": meta.get("segments", {}).get("database"),
         "classes": classes, "preprocessing": setup.spec, "model": setup.arch,
         "weights": {**asdict(setup.weights), "describe": setup.weights.describe()},
         "freeze_report": asdict(setup.report), "device": str(device), "seed": params.seed,
@@ -159,7 +160,8 @@ def _tracked(
             "weights": weights["describe"], "weights.sha256": weights["sha256"],
             "device": resolved["device"], "inputs": arch["inputs"], "head": arch["head"],
             "folds": len(resolved["folds"])}  # git commit and DVC hashes: start_run adds them
-    return run_tracking.train_run(tracking_params, out, resolved["fingerprint"], resolved, tags)
+    return run_tracking.train_run(tracking_params, out, resolved["fingerprint"], resolved, tags,
+                                  database=resolved["database"])
 
 
 def _rr_names(meta: dict, inputs: str, spectrograms: Path) -> list[str]:
@@ -296,9 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", help="timm model name (default: train.backbones[0])")
     parser.add_argument("--freeze", choices=["frozen", "partial", "full"],
                         help="freeze mode (default: train.freeze_modes[0])")
-    parser.add_argument("--spectrograms", type=Path, default=Path("data/spectrograms"))
-    parser.add_argument("--splits", type=Path, default=Path("data/splits"))
-    parser.add_argument("--out", type=Path, help="run folder (default: models/<backbone>-<freeze>)")
+    parser.add_argument("--spectrograms", type=Path, help="default: data/spectrograms/<db>")
+    parser.add_argument("--splits", type=Path, help="default: data/splits/<db>")
+    parser.add_argument("--out", type=Path, help="default: models/<db>/<backbone>-<freeze>")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     params = load_section("train", TrainParams, args.params)
@@ -308,8 +310,10 @@ def main(argv: list[str] | None = None) -> None:
     distributed.relaunch_under_torchrun(params.nproc, "pipeline.train",
                                         sys.argv[1:] if argv is None else argv)
     with distributed.session(params.device):  # joins torchrun's process group, if any
-        run(params, backbone, freeze, args.spectrograms, args.splits,
-            args.out or Path("models") / f"{backbone}-{freeze}", tracking_params)
+        run(params, backbone, freeze,
+            per_database(args.spectrograms, args.params, "data/spectrograms"),
+            per_database(args.splits, args.params, "data/splits"),
+            per_database(args.out, args.params, "models", f"{backbone}-{freeze}"), tracking_params)
 
 
 if __name__ == "__main__":

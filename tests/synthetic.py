@@ -15,6 +15,7 @@ import pandas as pd
 import wfdb
 
 from data_prep.layout import save_shard, write_index, write_json
+from data_prep.rhythm import BEAT_FEATURES
 
 
 def regular_beats(n_samples: int, fs: float, rr_s: float = 0.8, first_s: float = 1.5) -> np.ndarray:
@@ -119,6 +120,16 @@ def synthetic_image(label: int, rng: np.random.Generator, size: int) -> np.ndarr
     return img
 
 
+def synthetic_rhythm(label: int, rng: np.random.Generator) -> dict[str, float]:
+    """Plausible RR features of one beat (seconds and ratios), premature for class 1."""
+    base = 0.8
+    pre = base * (0.6 if label == 1 else 1.0) * rng.uniform(0.95, 1.05)
+    values = {"rr_pre": pre, "rr_post": base, "rr_local": base, "rr_base": base,
+              "rr_pre_ratio": pre / base, "rr_post_ratio": 1.0, "rr_local_ratio": 1.0,
+              "rr_pre_local": pre / base}
+    return {name: values[name] for name in BEAT_FEATURES}
+
+
 def write_synthetic(
     root: Path, size: int = 32, records: dict | None = None, unassigned: str | None = "105"
 ) -> tuple[Path, Path]:
@@ -136,12 +147,15 @@ def write_synthetic(
         labels = [c for c, n in zip(range(3), counts, strict=True) for _ in range(n)]
         rng.shuffle(labels)
         save_shard(spec, record, np.stack([synthetic_image(k, rng, size) for k in labels]))
+        # rhythm as `data_prep.rhythm` writes it: class 1 beats come early (rr_pre_ratio 0.6)
         rows += [{"record": record, "row": i, "sample": 100 * i, "label": CLASSES[k],
-                  "symbol": CLASSES[k]} for i, k in enumerate(labels)]
+                  "symbol": CLASSES[k], **synthetic_rhythm(k, rng), "rr_status": ""}
+                 for i, k in enumerate(labels)]
         if split != "-":
             assign.append({"record": record, "subject": f"s{record}", "split": split})
     write_index(spec / "index.csv", pd.DataFrame(rows))
-    write_json(spec / "meta.json", {"classes": CLASSES, "image_size": size})
+    write_json(spec / "meta.json", {"classes": CLASSES, "image_size": size,
+                                    "segments": {"rhythm": {"features": list(BEAT_FEATURES)}}})
     splits.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(assign).to_csv(splits / "assignment.csv", index=False)
     return spec, splits

@@ -11,9 +11,8 @@ import pandas as pd
 import yaml
 
 from data_prep import segment, spectrogram
-from data_prep.params import read_yaml
 from pipeline import evaluate, export, train
-from tests.helpers import REPO
+from tests.helpers import REPO, committed_params
 from tests.synthetic import write_record, write_records_file
 
 DB, RUN = "synth", "test_resnet-frozen"
@@ -22,7 +21,7 @@ SPLITS = {"r1": "train", "r2": "val", "r3": "test"}
 
 def stage_params() -> dict:
     """The repository's params with small, fast overrides for the synthetic records."""
-    data = read_yaml(REPO / "params.yaml")
+    data = committed_params()
     data["segment"] |= {"label_map": str(REPO / "configs/labels/aami.yaml"),
                         "max_skip_fraction": 0.5}
     data["spectrogram"] |= {"image_size": 32, "workers": 1, "preview_per_class": 2}

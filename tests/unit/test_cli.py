@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from data_prep.cli import run_main
-from tests.helpers import REPO
+from tests.helpers import REPO, committed_params
 
 
 def _raise(error: Exception):
@@ -38,7 +38,7 @@ def test_unexpected_error_says_how_to_see_the_traceback(capsys) -> None:
 
 def test_stage_command_line_prints_one_line(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
-    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data = committed_params()
     params.write_text(yaml.safe_dump({**data, "segmnet": {}}))
     command = [sys.executable, "-m", "data_prep.segment", "--params", str(params), "--raw",
                str(tmp_path), "--out", str(tmp_path / "out")]

@@ -23,11 +23,10 @@ import pytest
 import torch
 import yaml
 
-from data_prep.params import read_yaml
 from pipeline import data, distributed, train
 from pipeline.engine import WeightedCrossEntropy
 from pipeline.run_folder import CHECKPOINT, HISTORY, METRICS, MODEL, RESOLVED
-from tests.helpers import QUICK
+from tests.helpers import QUICK, committed_params
 from tests.synthetic import write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +104,7 @@ def test_train_restarts_under_torchrun_only_when_asked_and_not_yet_there(monkeyp
 
 
 def _params(folder: Path, **train_overrides) -> Path:
-    params = read_yaml(REPO / "params.yaml")
+    params = committed_params()
     params["train"] |= {**QUICK, **DDP_RUN, **train_overrides}
     params["tracking"] |= {"experiment": "test-ddp", "log_model": False}
     path = folder / "params.yaml"

@@ -12,11 +12,12 @@ import torch
 import yaml
 from sklearn.metrics import f1_score
 
+from data_prep import layout
 from data_prep.layout import load_shard
-from data_prep.params import read_yaml
+from data_prep.params import parse_section
 from pipeline import evaluate, report_folder, run_folder, train
 from pipeline.metrics import nan_to_none
-from tests.helpers import make_params
+from tests.helpers import committed_params, make_params
 from tests.synthetic import CLASSES, RECORDS, write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,9 +28,10 @@ N_VAL = sum(sum(n) for split, n in RECORDS.values() if split == "val")
 
 def eval_params(**overrides) -> evaluate.EvaluateParams:
     """The repository's evaluate params with test overrides (so params.yaml is tested too)."""
-    section = read_yaml(REPO / "params.yaml")["evaluate"]
+    section = committed_params()["evaluate"]
     return evaluate.EvaluateParams.model_validate({**section, "n_boot": 50, "device": "cpu",
-                                                   "batch_size": 8, **overrides})
+                                                   "batch_size": 8, "splits": ["test", "val"],
+                                                   **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,24 @@ def test_run_writes_every_output(report):
     assert "## test" in (out / "details" / "notes.md").read_text()
 
 
+def test_headline_is_the_small_dvc_metric_and_tiny_classes_are_caveats(report):
+    out, metrics = report
+    headline = json.loads((out / report_folder.HEADLINE).read_text())
+    test = metrics["test"]
+    # classes N, S, V (no F): macro-F1 and F1 per class, a few columns per split
+    assert headline["test"] == {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
+                                **{f"{c}_f1": test[c]["f1"] for c in CLASSES}}
+    assert set(headline) == {"test", "val"}
+    tiny = [c for c in CLASSES if 0 < test[c]["support"] < 30]
+    assert tiny  # the synthetic test split has a few images per class
+    caveats = [n for n in test["caveats"] if "< 30" in n]
+    assert [c.split(":")[0] for c in caveats] == [f"class {c}" for c in tiny]
+    report_text = (out / "details" / "classification_report_test.txt").read_text()
+    assert "Caveats:" in report_text and caveats[0] in report_text
+    notes = (out / "details" / "notes.md").read_text()
+    assert caveats[0] in notes and "no caveats" not in notes.split("## test")[1]
+
+
 def test_metrics_recomputed_from_predictions_csv_equal_metrics_json(report):
     out, metrics = report
     predictions = report_folder.read_predictions(out / "predictions.csv")
@@ -93,7 +113,8 @@ def test_metrics_recomputed_from_predictions_csv_equal_metrics_json(report):
     assert (np.asarray(CLASSES)[probs.argmax(axis=1)] == predictions["pred"]).all()
     results = evaluate.evaluate_predictions(predictions, CLASSES, n_boot=50, seed=42)
     for split, ev in results.items():
-        logged = {k: v for k, v in metrics[split].items() if k not in ("subset", "n_available")}
+        logged = {k: v for k, v in metrics[split].items()
+                  if k not in ("subset", "n_available", "caveats")}
         assert nan_to_none(ev.metrics_tree()) == logged
         part = predictions[predictions["split"] == split]
         sk_f1 = f1_score(part["label"], part["pred"], labels=CLASSES, average="macro",
@@ -110,8 +131,13 @@ def test_predictions_are_the_rebuilt_models_probabilities(trained, report):
     test = predictions[predictions["split"] == "test"].head(5)
     images = torch.stack([torch.from_numpy(np.array(load_shard(spec, r)[i]))
                           for r, i in zip(test["record"], test["row"], strict=True)])
+    index = layout.read_index(spec / "index.csv").set_index(["record", "row"])
+    names = run_folder.rhythm_names(resolved)
+    assert names  # the default inputs fuse the image with the rhythm features
+    rr = torch.from_numpy(index.loc[list(zip(test["record"], test["row"], strict=True)),
+                                    names].to_numpy(np.float32))
     with torch.inference_mode():
-        probs = run_folder.ImageClassifier(preprocess, model)(images).numpy()
+        probs = run_folder.ImageClassifier(preprocess, model)(images, rr).numpy()
     np.testing.assert_allclose(probs, test[[f"prob_{c}" for c in CLASSES]].to_numpy(), atol=1e-6)
 
 
@@ -125,7 +151,7 @@ def test_capped_evaluation_says_it_is_a_subset(trained, tmp_path):
 
 
 def test_params_and_dvc_stage():
-    params = evaluate.load_section("evaluate", evaluate.EvaluateParams, REPO / "params.yaml")
+    params = parse_section(committed_params(), "evaluate", evaluate.EvaluateParams)
     assert params.splits[0] == "test" and params.max_per_class is None
     with pytest.raises(ValueError, match="must hold 'test'"):
         eval_params(splits=["val"])
@@ -134,11 +160,11 @@ def test_params_and_dvc_stage():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     stage = stages["evaluate"]
     assert stage["matrix"] == stages["train"]["matrix"]
-    run = "${item.backbone}-${item.freeze}"
+    run = "${dataset.name}/${item.backbone}-${item.freeze}"  # models and reports per database
     assert f"models/{run}/model.safetensors" in stage["deps"]
     assert f"models/{run}/mlflow_run.json" in stage["deps"]
     assert set(stage["params"]) == {"evaluate", "tracking"}
-    assert list(stage["metrics"][0]) == [f"reports/{run}/metrics.json"]
+    assert list(stage["metrics"][0]) == [f"reports/{run}/headline.json"]  # metrics.json: an out
     train_outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages["train"]["outs"]]
     assert f"models/{run}/mlflow_run.json" in train_outs
 

@@ -14,10 +14,10 @@ import yaml
 
 from data_prep import rhythm
 from data_prep.layout import sha256_file
-from data_prep.params import read_yaml
+from data_prep.params import parse_section
 from pipeline import bundle, export, onnx_runner
 from pipeline.run_folder import ImageClassifier, load_model
-from tests.helpers import export_params
+from tests.helpers import committed_params, export_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,6 +56,8 @@ def test_run_writes_a_complete_bundle(built):
     assert meta["preprocessing"]["rhythm"]["features"] == list(rhythm.BEAT_FEATURES)
     card = (folder / bundle.MODEL_CARD).read_text()
     assert "NOT a medical device" in card and "| V |" in card and "load_bundle" in card
+    caveats = meta["metrics"]["test"]["caveats"]  # a few test beats per class: all flagged
+    assert caveats and all(c in card for c in caveats) and "Caveats:\n" in card
 
 
 def test_onnx_matches_torch_for_any_batch_size(built):
@@ -129,7 +131,7 @@ def test_export_ignores_params_yaml_preprocessing():
     and DVC does not re-run it when segment/spectrogram params (e.g. workers) change."""
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["export"]
     assert stage["params"] == ["export"]
-    assert set(export.ExportParams.model_fields) == set(read_yaml(REPO / "params.yaml")["export"])
+    assert set(export.ExportParams.model_fields) == set(committed_params()["export"])
 
 
 def test_bundle_format_check(built, tmp_path):
@@ -150,7 +152,7 @@ def test_bundle_format_check(built, tmp_path):
 
 
 def test_repository_params_and_dvc_stage():
-    params = export.load_section("export", export.ExportParams, REPO / "params.yaml")
+    params = parse_section(committed_params(), "export", export.ExportParams)
     assert params.parity_atol == 1e-4 and params.parity_max_images is None
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["export"]
     assert stage["matrix"] == yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][

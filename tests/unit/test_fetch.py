@@ -13,6 +13,7 @@ import pytest
 
 from data_prep import checksums, fetch
 from data_prep.fetch import DatasetParams, FetchParams, run
+from tests.helpers import committed_params
 
 DB = "toydb"
 FILES = {
@@ -58,7 +59,7 @@ def test_copies_every_file_and_verifies(tmp_path: Path) -> None:
     out = tmp_path / "raw"
     summary = fetch_(mirror, out)
     raw = out / DB
-    assert listing(raw) == set(FILES) | {"RECORDS", "SHA256SUMS"}
+    assert listing(raw) == set(FILES) | {"RECORDS", "SHA256SUMS", "fetch.json"}
     for name, data in FILES.items():
         assert (raw / name).read_bytes() == data
         assert not (raw / name).is_symlink()
@@ -68,8 +69,8 @@ def test_copies_every_file_and_verifies(tmp_path: Path) -> None:
     assert summary["verified"] == summary["files"]
     assert summary["bytes"] == sum(map(len, FILES.values())) + len(b"r1\nr2\nr10\n")
     assert summary["source"] == str(mirror)
-    assert json.loads((out / "fetch.json").read_text()) == summary
-    assert listing(out) == {f"{DB}/{n}" for n in listing(raw)} | {"fetch.json"}  # no temp left
+    assert json.loads((raw / "fetch.json").read_text()) == summary  # all of one db in its folder
+    assert listing(out) == {f"{DB}/{n}" for n in listing(raw)}  # no temp left
 
 
 def test_record_selection_writes_subset_records_and_manifest(tmp_path: Path) -> None:
@@ -77,7 +78,8 @@ def test_record_selection_writes_subset_records_and_manifest(tmp_path: Path) -> 
     out = tmp_path / "raw"
     summary = fetch_(mirror, out, records=["r2"])
     raw = out / DB
-    assert listing(raw) == {"r2.hea", "r2.dat", "r2.atr", "r2.mat", "RECORDS", "SHA256SUMS.txt"}
+    assert listing(raw) == {"r2.hea", "r2.dat", "r2.atr", "r2.mat", "RECORDS", "SHA256SUMS.txt",
+                            "fetch.json"}
     assert (raw / "RECORDS").read_text() == "r2\n"
     manifest = checksums.parse_manifest((raw / "SHA256SUMS.txt").read_text())
     assert manifest == {n: _sha(FILES[n]) for n in ("r2.hea", "r2.dat", "r2.atr", "r2.mat")}
@@ -109,7 +111,7 @@ def test_failure_keeps_previous_good_fetch(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"r1\.atr"):
         fetch_(mirror, out)
     assert {n: (out / DB / n).read_bytes() for n in listing(out / DB)} == before
-    assert sorted(p.name for p in out.iterdir()) == ["fetch.json", DB]
+    assert sorted(p.name for p in out.iterdir()) == [DB]
 
 
 def test_no_verification_when_disabled(tmp_path: Path) -> None:
@@ -213,7 +215,7 @@ def test_download_path_verifies_like_a_mirror(tmp_path: Path, monkeypatch) -> No
     assert summary["source"] == "physionet"
     assert summary["verified"] == 3 and summary["unverified"] == []
     assert listing(tmp_path / "raw" / DB) == {"r1.hea", "r1.dat", "r1.atr", "RECORDS",
-                                              "SHA256SUMS.txt"}
+                                              "SHA256SUMS.txt", "fetch.json"}
 
 
 def test_stale_files_are_removed(tmp_path: Path) -> None:
@@ -222,7 +224,8 @@ def test_stale_files_are_removed(tmp_path: Path) -> None:
     fetch_(mirror, out)
     (out / DB / "stale.hea").write_text("from an earlier run")
     fetch_(mirror, out, records=["r1"])
-    assert listing(out / DB) == {"r1.hea", "r1.dat", "r1.atr", "RECORDS", "SHA256SUMS"}
+    assert listing(out / DB) == {"r1.hea", "r1.dat", "r1.atr", "RECORDS", "SHA256SUMS",
+                                 "fetch.json"}
 
 
 def test_missing_header_names_record(tmp_path: Path) -> None:
@@ -255,7 +258,7 @@ def test_cli_reads_params(tmp_path: Path, monkeypatch) -> None:
     )
     monkeypatch.delenv(fetch.ENV_MIRROR, raising=False)
     fetch.main(["--params", str(params), "--out", str(tmp_path / "raw")])
-    assert json.loads((tmp_path / "raw" / "fetch.json").read_text())["records"] == ["r1"]
+    assert json.loads((tmp_path / "raw" / DB / "fetch.json").read_text())["records"] == ["r1"]
 
 
 def test_params_reject_unknown_keys() -> None:
@@ -264,7 +267,6 @@ def test_params_reject_unknown_keys() -> None:
 
 
 def test_repo_params_match_model() -> None:
-    root = Path(__file__).resolve().parents[2]
-    data = fetch.read_yaml(root / "params.yaml")
+    data = committed_params()
     assert fetch.parse_section(data, "fetch", FetchParams).verify_checksums is True
     assert fetch.parse_section(data, "dataset", DatasetParams).name == "mitdb"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
@@ -128,14 +129,33 @@ def test_bootstrap_contains_point_and_narrows_with_records():
         metrics.evaluate(y, probs, names, records, n_boot=1000, seed=3)
         for y, probs, records in (synthetic(8, seed=1), synthetic(120, seed=1))
     )
+    stats = [s for s in metrics.SUMMARY_STATS if s != "macro_f1_nsvf"]  # no F class here
     for ev in (few, many):
-        for stat in metrics.SUMMARY_STATS:
+        assert np.isnan(ev.summary["macro_f1_nsvf"])
+        for stat in stats:
             assert ev.summary[f"{stat}_ci_low"] <= ev.summary[stat] <= ev.summary[f"{stat}_ci_high"]
         pc = ev.per_class
         assert ((pc.se_ci_low <= pc.se) & (pc.se <= pc.se_ci_high)).all()
         assert ((pc.ppv_ci_low <= pc.ppv) & (pc.ppv <= pc.ppv_ci_high)).all()
-    for stat in metrics.SUMMARY_STATS:
+    for stat in stats:
         assert width(many, stat) < width(few, stat) / 2
+
+
+def test_four_class_macro_f1_leaves_q_out_and_has_intervals():
+    rng = np.random.default_rng(0)
+    records = np.repeat([f"r{i}" for i in range(20)], 100)
+    y = rng.choice(5, size=records.size, p=[0.6, 0.15, 0.15, 0.09, 0.01])
+    logits = rng.normal(size=(y.size, 5))
+    logits[np.arange(y.size), y] += 2.0
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    ev = metrics.evaluate(y, probs, ["N", "S", "V", "F", "Q"], records, n_boot=200)
+    f1 = ev.per_class["f1"]
+    assert ev.summary["macro_f1_nsvf"] == pytest.approx(f1[["N", "S", "V", "F"]].mean())
+    assert ev.summary["macro_f1_nsvf"] != pytest.approx(f1.mean())
+    low, high = ev.summary["macro_f1_nsvf_ci_low"], ev.summary["macro_f1_nsvf_ci_high"]
+    assert low <= ev.summary["macro_f1_nsvf"] <= high
+    pc = ev.per_class
+    assert ((pc.f1_ci_low <= pc.f1) & (pc.f1 <= pc.f1_ci_high)).all()
 
 
 def test_bootstrap_resamples_records_not_beats():
@@ -179,3 +199,17 @@ def test_ece_calibrated_near_zero_overconfident_large():
 def test_bad_input_names_the_fix(probs, message):
     with pytest.raises(ValueError, match=message):
         metrics.evaluate(Y_TRUE, probs, NAMES, RECORDS)
+
+
+def test_headline_aami_and_tiny_support_caveats() -> None:
+    tree = {"accuracy": 0.9, "macro_f1": 0.5,
+            **{c: {"se": 0.1 * i, "ppv": 0.2, "f1": f1} for i, (c, f1) in
+               enumerate(zip("NSVFQ", [0.9, 0.3, 0.6, float("nan"), 0.0], strict=True))}}
+    out = metrics.headline(tree, list("NSVFQ"))
+    assert out["macro_f1_nsvf"] == pytest.approx((0.9 + 0.3 + 0.6) / 3)  # F undefined: left out
+    assert set(out) == {"accuracy", "macro_f1_nsvf", "S_se", "S_ppv", "S_f1", "V_se", "V_ppv",
+                        "V_f1"}
+    assert out["V_se"] == pytest.approx(0.2)
+    notes = metrics.tiny_support_caveats(pd.Series({"N": 500, "S": 29, "V": 30, "F": 2, "Q": 0}))
+    assert [n.split(":")[0] for n in notes] == ["class S", "class F"]
+    assert "only 2 examples" in notes[1]

@@ -15,9 +15,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from data_prep.params import read_yaml
 from pipeline import evaluate, run_tracking, tracking, train
-from tests.helpers import QUICK, free_port
+from tests.helpers import QUICK, committed_params, free_port
 from tests.synthetic import write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +25,7 @@ EXPERIMENT = "test-ecg-spectrogram"
 
 def write_params(folder: Path, log_model: bool = False) -> Path:
     """The repository's params.yaml with quick train/evaluate settings and a test experiment."""
-    params = read_yaml(REPO / "params.yaml")
+    params = committed_params()
     params["train"] |= {**QUICK, "backbones": ["test_resnet"], "freeze_modes": ["frozen"]}
     params["evaluate"] |= {"n_boot": 20, "device": "cpu", "batch_size": 16}
     params["tracking"] |= {"experiment": EXPERIMENT, "log_model": log_model}
@@ -65,6 +64,7 @@ def test_train_and_evaluate_log_one_run(mlflow_server, tmp_path, monkeypatch):
     assert tags["backbone"] == "test_resnet" and tags["freeze"] == "frozen"
     assert tags["weights"].startswith("random") and tags["device"] == "cpu"
     assert tags["evaluate.subset"] == "false"
+    assert "examples (< 30)" in tags["caveats.test"]  # a few synthetic test images per class
     history = pd.read_csv(model / "history.csv")
     logged = client.get_metric_history(run_id, "val_macro_f1")
     assert [m.step for m in logged] == [1, 2]
@@ -145,7 +145,7 @@ def test_failed_train_marks_the_run_failed(mlflow_server, tmp_path, monkeypatch)
     tracking_params = run_tracking.TrackingParams(experiment=EXPERIMENT, log_model=False)
     with pytest.raises(RuntimeError, match="NaN"):
         train.run(train.TrainParams.model_validate(
-            {**read_yaml(REPO / "params.yaml")["train"], **QUICK}),
+            {**committed_params()["train"], **QUICK}),
             "test_resnet", "frozen", spec, splits, out, tracking_params)
     run_id = json.loads((out / run_tracking.RUN_FILE).read_text())["run_id"]
     assert MlflowClient(mlflow_server).get_run(run_id).info.status == "FAILED"

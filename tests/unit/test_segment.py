@@ -15,7 +15,7 @@ from data_prep import layout, rhythm, segment
 from data_prep.configs import load_label_map
 from data_prep.params import read_yaml
 from data_prep.windows import signal_quality
-from tests.helpers import REPO
+from tests.helpers import REPO, committed_params, write_committed_params
 from tests.synthetic import write_record, write_records_file
 
 AAMI = str(REPO / "configs" / "labels" / "aami.yaml")
@@ -23,8 +23,18 @@ RHYTHM = str(REPO / "configs" / "labels" / "rhythm.yaml")
 
 
 def make_params(**overrides: object) -> segment.SegmentParams:
-    section = read_yaml(REPO / "params.yaml")["segment"]
+    section = committed_params()["segment"]
     return segment.SegmentParams.model_validate({**section, "label_map": AAMI, **overrides})
+
+
+def aami_without(folder: Path, *symbols: str) -> str:
+    """The AAMI map less `symbols` (it maps every WFDB beat code): an unknown-symbol case."""
+    data = read_yaml(Path(AAMI))
+    for symbol in symbols:
+        del data["map"][symbol]
+    path = folder / f"aami_without_{'_'.join(symbols)}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
 
 
 def make_db(tmp_path: Path, records: dict[str, dict], name: str = "synth") -> Path:
@@ -44,7 +54,7 @@ def ctx(raw: Path, params: segment.SegmentParams, out: Path, reference: dict | N
 
 
 def test_params_match_params_yaml() -> None:
-    data = read_yaml(REPO / "params.yaml")
+    data = committed_params()
     assert segment.SegmentParams.model_validate(data["segment"]).geometry() == (313, 625, 1)
     assert segment.DatasetParams.model_validate(data["dataset"]).name == "mitdb"
     with pytest.raises(ValueError, match="extra"):
@@ -76,10 +86,11 @@ def test_beat_windows_are_centred_after_resampling(tmp_path: Path, fs: int, fmt:
 def test_beat_labels_edges_and_unknown_symbols(tmp_path: Path) -> None:
     n = 360 * 20
     beats = [100, 1000, 2000, 3000, 4000, 5000, n - 100, n - 1, n, n + 50]
-    symbols = ["N", "V", "A", "~", "B", "/", "N", "N", "N", "N"]  # B: not in aami.yaml
+    symbols = ["N", "V", "A", "~", "B", "/", "N", "N", "N", "N"]  # B: left out of the map below
     raw = make_db(tmp_path, {"r1": {"beats": beats, "symbols": symbols, "seconds": 20,
                                     "rhythm": [(10, "(N\x00")]}})
-    res = segment.process_record(ctx(raw, make_params(), tmp_path / "out"), "r1")
+    params = make_params(label_map=aami_without(tmp_path, "B"))
+    res = segment.process_record(ctx(raw, params, tmp_path / "out"), "r1")
     assert res.index[["label", "symbol"]].values.tolist() == [["V", "V"], ["S", "A"], ["Q", "/"]]
     assert res.segments.skipped == {"unknown_symbol": 1, "record_edge": 3,
                                     "annotation_past_end": 2}
@@ -189,7 +200,8 @@ def test_skip_fraction_failure_names_worst_record(tmp_path: Path) -> None:
                              "odd": {"seconds": 20, "symbols": ["n"] * 12 + ["N"] * 12}})
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"worst records: odd: \{'unknown_symbol': 12.*max_skip"):
-        segment.run(make_params(max_skip_fraction=0.2), "synth", raw, out, workers=1)
+        segment.run(make_params(max_skip_fraction=0.2, label_map=aami_without(tmp_path, "n")),
+                    "synth", raw, out, workers=1)
     assert json.loads((out / layout.SUMMARY).read_text())["unknown_labels"] == {"n": 12}
     assert not (out / layout.INDEX).exists() and not (out / layout.META).exists()
 
@@ -233,7 +245,7 @@ def test_run_writes_the_output_format(tmp_path: Path) -> None:
 def test_cli_runs_as_dvc_calls_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_db(tmp_path, {"100": {"seconds": 100}}, name="mitdb")
     shutil.copytree(REPO / "configs", tmp_path / "configs")
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    write_committed_params(tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     segment.main(["--params", "params.yaml", "--raw", "raw", "--out", "data/segments"])
     index = pd.read_csv(tmp_path / "data/segments/index.csv", dtype={"record": str})

@@ -12,6 +12,7 @@ from data_prep import layout
 from data_prep.params import parse_section
 from data_prep.spectrogram import main, run
 from data_prep.stft import SpectrogramParams, _resize, plan, spectrogram_images
+from tests.helpers import committed_params
 
 FS = 250.0
 L = 625  # 2.5 s windows, as the segment stage writes them for mitdb
@@ -150,12 +151,7 @@ def test_params_reject_unknown_keys_and_inconsistent_values(change, message):
 
 
 def test_repository_params_load():
-    from pathlib import Path
-
-    from data_prep.params import load_section
-
-    root = Path(__file__).resolve().parents[2]
-    assert load_section("spectrogram", SpectrogramParams, root / "params.yaml").image_size == 224
+    assert parse_section(committed_params(), "spectrogram", SpectrogramParams).image_size == 224
 
 
 def test_band_errors_name_the_fix():

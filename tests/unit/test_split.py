@@ -13,6 +13,7 @@ from data_prep import folds, split
 from data_prep.configs import load_database
 from data_prep.layout import write_index, write_json
 from data_prep.split import DatasetParams, SplitParams, run
+from tests.helpers import committed_params
 
 CLASSES = ["N", "S", "V", "F", "Q"]
 DB = "toydb"
@@ -190,7 +191,8 @@ def test_random_definition(tree) -> None:
 
 
 def test_unknown_definition_lists_available(tree) -> None:
-    with pytest.raises(ValueError, match=r"'nope' unknown; available: \['ds', 'random'\]"):
+    with pytest.raises(ValueError,
+                       match=r"'nope' unknown; available: \['ds', 'random', 'default'\]"):
         split_(tree, "nope")
 
 
@@ -241,7 +243,7 @@ def test_without_config_every_record_is_its_own_subject(tmp_path, tree) -> None:
     split_(tree, "random")
     frame = assignment(tree)
     assert (frame.record == frame.subject).all() and "199" in set(frame.record)
-    with pytest.raises(ValueError, match=r"available: \['random'\]"):
+    with pytest.raises(ValueError, match=r"available: \['random', 'default'\]"):
         split_(tree, "ds")
 
 
@@ -263,7 +265,7 @@ def test_cli(tree, tmp_path) -> None:
 
 def test_repo_params_and_mitdb_config_parse() -> None:
     root = Path(__file__).resolve().parents[2]
-    params = split.parse_section(split.read_yaml(root / "params.yaml"), "split", SplitParams)
+    params = split.parse_section(committed_params(), "split", SplitParams)
     config = load_database("mitdb", root / "configs" / "databases")
     assert params.definition in config.splits
     strict, published = config.splits["de_chazal_strict"], config.splits["de_chazal"]

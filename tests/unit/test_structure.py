@@ -16,8 +16,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("data_prep", "pipeline")
-STAGES = ("data_prep.fetch", "data_prep.segment", "data_prep.split", "data_prep.spectrogram",
-          "pipeline.train", "pipeline.evaluate", "pipeline.export")
+STAGES = ("data_prep.sources", "data_prep.fetch", "data_prep.segment", "data_prep.split",
+          "data_prep.spectrogram", "pipeline.train", "pipeline.evaluate", "pipeline.export")
 HEAVY = ("torch", "timm", "mlflow")  # data_prep (the record-side base install) never needs them
 MAX_LINES = 330
 

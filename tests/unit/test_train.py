@@ -11,24 +11,26 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from data_prep.params import read_yaml
-from pipeline import run_folder, train
+from data_prep.params import parse_section
+from pipeline import train
 from pipeline.freeze import apply_freeze
 from pipeline.models import build_model
 from pipeline.weights import resolve_weights
-from tests.helpers import QUICK, make_params
+from tests.helpers import QUICK, committed_params, make_params
 from tests.synthetic import CLASSES, write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_repository_params_parse_and_dvc_stage_tracks_every_run_param():
-    params = train.load_section("train", train.TrainParams, REPO / "params.yaml")
+    params = parse_section(committed_params(), "train", train.TrainParams)
     assert params.backbones == ["vgg16.tv_in1k"] and params.freeze_modes == ["frozen"]
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
     tracked = {p.removeprefix("train.") for p in stage["params"]}
     assert tracked == set(train.TrainParams.model_fields) - set(train.MATRIX_KEYS)
-    assert "data/spectrograms" in stage["deps"] and "data/splits/assignment.csv" in stage["deps"]
+    assert "data/spectrograms/${dataset.name}" in stage["deps"]
+    assert "data/splits/${dataset.name}/assignment.csv" in stage["deps"]
+    assert "--out models/${dataset.name}/${item.backbone}-${item.freeze}" in stage["cmd"]
 
 
 def test_params_reject_unknown_keys_and_missing_lr():
@@ -46,7 +48,7 @@ def test_run_writes_all_outputs(tmp_path, folders, freeze):
     metrics = train.run(params, "test_resnet", freeze, spec, splits, out)
 
     history = pd.read_csv(out / "history.csv")
-    assert list(history.columns) == list(run_folder.HISTORY_COLUMNS)
+    assert list(history.columns) == list(train.HISTORY_COLUMNS)
     assert history["epoch"].tolist() == [1, 2]
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["best_val_macro_f1"] == history["val_macro_f1"].max()
@@ -74,7 +76,7 @@ def test_run_writes_all_outputs(tmp_path, folders, freeze):
 
 def test_cli_runs_the_stage(tmp_path, folders):
     spec, splits = folders
-    section = {**read_yaml(REPO / "params.yaml")["train"], **QUICK, "epochs": 1,
+    section = {**committed_params()["train"], **QUICK, "epochs": 1,
                "channels": "in_chans1", "imbalance": "balanced_sampler"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": section}))
     out = tmp_path / "models" / "run"

@@ -1,38 +1,21 @@
-"""What the segment stage kept and left out: each record's result, summary.json, the skip check.
-
-Nothing is dropped without being counted: every beat, window or record left out has a reason,
-and the stage fails when skipped / (kept + skipped) exceeds segment.max_skip_fraction.
-"""
+"""The segment stage's summary.json: everything kept and everything left out, by reason, and
+the max_skip_fraction check that fails the stage."""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from data_prep import rhythm
-from data_prep.candidates import RecordSkip, Segments
+from data_prep.candidates import Segments
 from data_prep.configs import LabelMap
 from data_prep.windows import SegmentParams
 
 
-@dataclass
-class RecordResult:
-    """What one record contributed: its index rows and its counts (the shard is on disk)."""
-
-    record: str
-    segments: Segments | None = None
-    lead: str | None = None
-    fell_back: bool = False
-    header_dropped: tuple[str, ...] = ()
-    skip: RecordSkip | None = None
-    index: pd.DataFrame | None = None
-
-
-def summarise(results: list[RecordResult], excluded: dict[str, str], labels: LabelMap,
+def summarise(results: list[Any], excluded: dict[str, str], labels: LabelMap,
               params: SegmentParams, database: str) -> dict:
     """Counts of everything kept and left out, as written to summary.json."""
     kept: Counter[str] = Counter()
