@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline import data, engine
+from pipeline import data, engine, optim
+from pipeline.device import resolve_device as device_of
 from pipeline.freeze import apply_freeze, param_groups
 from pipeline.models import build_model, model_data_config
 from pipeline.transforms import ModelInput, Preprocess, preprocess_spec
@@ -97,10 +98,10 @@ def project_train(name: str, device: torch.device, images: TensorDataset, batch:
                   workers: int) -> Result:
     model, prepare = _project_model(name, device)
     cfg = engine.FitConfig(epochs=1, lr=1e-4, warmup_epochs=0.1, label_smoothing=0.1)
-    optimizer = engine.make_optimizer(param_groups(model, cfg.lr, cfg.weight_decay, 0.75), cfg)
+    optimizer = optim.make_optimizer(param_groups(model, cfg.lr, cfg.weight_decay, 0.75), cfg)
     loader = data.make_loader(images, batch, device, 0, num_workers=workers,
                               sampler=torch.utils.data.RandomSampler(images))
-    scheduler = engine.make_scheduler(optimizer, cfg, len(loader) * 2)
+    scheduler = optim.make_scheduler(optimizer, cfg, len(loader) * 2)
     weights = torch.ones(NUM_CLASSES, device=device)
     criterion = engine.WeightedCrossEntropy(weights, cfg.label_smoothing)
     loop = engine._Loop(model, optimizer, scheduler, criterion, device, prepare)
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         log.info("bench_gpu: no CUDA device visible, nothing to measure (run it on a GPU node)")
         return 0
-    device = engine.resolve_device("cuda")  # cudnn.benchmark and TF32, as train/evaluate set
+    device = device_of("cuda")  # cudnn.benchmark and TF32, as train/evaluate set
     workers = data.resolve_workers(args.workers, device)
     log.info("%s, torch %s, bf16 autocast, channels_last, %d loader workers, %d steps",
              torch.cuda.get_device_name(device), torch.__version__, workers, args.steps)

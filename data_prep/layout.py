@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 INDEX = "index.csv"
 META = "meta.json"
@@ -48,6 +51,20 @@ ENV_MIRROR = "ECG_PHYSIONET_MIRROR"  # a local PhysioNet mirror laid out as <mir
 def parse_records(text: str) -> list[str]:
     """Record names of a RECORDS file, one per line (a trailing slash marks a folder)."""
     return [line.strip().rstrip("/") for line in text.splitlines() if line.strip()]
+
+
+def list_records(record_dir: Path) -> list[str]:
+    """Record names from the RECORDS file, or from the .hea files when there is none."""
+    listing = Path(record_dir) / RECORDS
+    if listing.is_file():
+        return parse_records(listing.read_text())
+    records = sorted(p.stem for p in Path(record_dir).glob("*.hea"))
+    if not records:
+        raise FileNotFoundError(
+            f"{record_dir}: no RECORDS file and no .hea files; run the fetch stage first"
+        )
+    log.warning("%s: no RECORDS file, using the %d .hea files found", record_dir, len(records))
+    return records
 
 
 def resolve_mirror(params_mirror: Path | None, env: Mapping[str, str]) -> Path | None:

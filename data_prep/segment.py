@@ -248,7 +248,7 @@ def run(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path, *,
     """
     db = load_database(database, databases_dir)
     ctx = _context(params, database, Path(raw_dir), Path(out_dir), db)
-    records = wfdb_io.list_records(ctx.record_dir)
+    records = layout.list_records(ctx.record_dir)
     excluded = {r: db.exclude[r] for r in records if r in db.exclude}
     _clear(ctx.out_dir)
     results = _process_all(ctx, [r for r in records if r not in excluded], workers)

@@ -182,7 +182,7 @@ def summarise(index: pd.DataFrame, assignment: pd.DataFrame, classes: list[str])
     fold_of = dict(zip(assignment.record, assignment["fold"], strict=True))
     folds = {str(f): {"records": sorted(r for r, g in fold_of.items() if g == f),
                       "counts": counts(labels.record.map(fold_of) == f)}
-             for f in sorted(set(fold_of.values())) if f >= 0}
+             for f in sorted(set(fold_of.values())) if f >= 0}  # str keys, as in the JSON
     return {"splits": splits, "trainval_counts": counts(labels.split.isin(["train", "val"])),
             "folds": folds}
 

@@ -22,7 +22,7 @@ import wfdb
 from wfdb.io import download
 from wfdb.io._url import NetFileError, NetFileNotFoundError
 
-from data_prep import layout, signals, wfdb_files
+from data_prep import signals, wfdb_files
 
 log = logging.getLogger(__name__)
 
@@ -196,20 +196,6 @@ def read_annotations(record_dir: Path, record: str, extension: str, *,
         sample = signals.map_samples(sample, float(ann.fs), record_fs)
     aux = [(note or "").rstrip("\x00") for note in (ann.aux_note or [""] * len(ann.sample))]
     return Annotations(sample, np.asarray(ann.symbol, dtype=str), np.asarray(aux, dtype=str))
-
-
-def list_records(record_dir: Path) -> list[str]:
-    """Record names from the RECORDS file, or from the .hea files when there is none."""
-    listing = Path(record_dir) / layout.RECORDS
-    if listing.is_file():
-        return layout.parse_records(listing.read_text())
-    records = sorted(p.stem for p in Path(record_dir).glob("*.hea"))
-    if not records:
-        raise FileNotFoundError(
-            f"{record_dir}: no RECORDS file and no .hea files; run the fetch stage first"
-        )
-    log.warning("%s: no RECORDS file, using the %d .hea files found", record_dir, len(records))
-    return records
 
 
 def detect_qrs(signal: np.ndarray, fs: float) -> np.ndarray:

@@ -10,7 +10,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 
 def calibration(
@@ -81,3 +86,24 @@ def safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def auc_ap(
+    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], notes: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest ROC-AUC and average precision per class; NaN (with a note) if undefined.
+
+    Per class rather than `roc_auc_score(multi_class="ovr")`, which fails outright when a
+    class is missing from y_true (common: Q beats in a small test set).
+    """
+    auc, ap = np.full(len(class_names), np.nan), np.full(len(class_names), np.nan)
+    present = dict(present_classes(y_true, class_names))
+    for i, name in enumerate(class_names):
+        if i not in present:
+            notes.append(f"class {name}: no segments in y_true; Se, AUC and AP undefined (NaN)")
+        elif present.keys() == {i}:
+            notes.append(f"class {name}: the only class in y_true; AUC undefined (NaN)")
+        else:
+            auc[i] = roc_auc_score(y_true == i, probs[:, i])
+            ap[i] = average_precision_score(y_true == i, probs[:, i])
+    return auc, ap

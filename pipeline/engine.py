@@ -5,7 +5,7 @@ the batches of a training loader, validates every epoch, keeps the best epoch by
 macro-F1, stops early after `patience` epochs without improvement and checkpoints after every
 epoch through `pipeline.checkpoint`, resuming from it when called again. `predict` and
 `classification_metrics` give the per-epoch validation scores; the evaluate stage shares only
-`autocast` and `model_input` (its probabilities and EC57 metrics are `pipeline.metrics`).
+the device helpers (`pipeline.device`); its EC57 metrics are `pipeline.metrics`.
 
 Reproducibility: every epoch starts by re-seeding python, numpy, torch and the sampler's
 generator from (seed, epoch), so the random stream of an epoch does not depend on what ran
@@ -15,15 +15,10 @@ before it and a resumed run repeats the uninterrupted one (bit-exact on CPU).
 from __future__ import annotations
 
 import logging
-import math
-import random
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import nn
@@ -32,6 +27,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pipeline.checkpoint import Checkpointer
+from pipeline.device import (
+    autocast,
+    epoch_seed,
+    forward,
+    model_input,
+    seed_everything,
+    split_batch,
+)
+from pipeline.optim import make_optimizer, make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -64,70 +68,6 @@ class FitResult:
     best_score: float = -1.0
     stopped_early: bool = False
     resumed_after: int | None = None
-
-
-def seed_everything(seed: int) -> None:
-    """Seeds python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds legacy global users)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed seed for one epoch (seed 1/epoch 2 and seed 2/epoch 1 differ)."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device is 'cuda' but no CUDA device is visible; use auto or cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed 224x224 inputs: pick the fastest kernels
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device
-
-
-def make_optimizer(
-    param_groups: list[dict[str, Any]], cfg: FitConfig
-) -> torch.optim.Optimizer:
-    """AdamW or SGD with Nesterov momentum over the given parameter groups."""
-    if not any(p.requires_grad for g in param_groups for p in g["params"]):
-        raise ValueError("no trainable parameters: check train.freeze / trainable_groups")
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-            weight_decay=cfg.weight_decay,
-        )
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'adamw' or 'sgd'")
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: FitConfig, steps_per_epoch: int
-) -> LambdaLR:
-    """Linear warmup then cosine decay to 0, stepped per iteration.
-
-    A factor on each group's own initial `lr`, so per-group learning rates (layer-wise decay
-    from `freeze.param_groups`, which sets each group's `lr` to lr x lr_scale) keep their
-    ratios. (timm's CosineLRScheduler would multiply by `lr_scale` a second time.)
-    """
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
-    return LambdaLR(optimizer, partial(warmup_cosine, warmup=warmup, total=total))
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """LR factor at `step`: linear from ~0 to 1 over `warmup` steps, then cosine to 0."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 class WeightedCrossEntropy(nn.Module):
@@ -177,45 +117,6 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor,
         "macro_f1": float(f1_score(y_true, y_pred, labels=select, average="macro",
                                    zero_division=0)),
     }
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (no loss scaling needed); full precision on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-Inputs = torch.Tensor | tuple[torch.Tensor, ...]
-
-
-def split_batch(batch: Any) -> tuple[Inputs, torch.Tensor]:
-    """A loader batch (x, y) or (x, rr, y) -> (inputs, targets); several inputs stay a tuple."""
-    *xs, y = batch
-    return (xs[0] if len(xs) == 1 else tuple(xs)), y
-
-
-def forward(module: nn.Module, inputs: Inputs) -> torch.Tensor:
-    """Calls `module` with one input or several (image and rhythm features)."""
-    return module(*inputs) if isinstance(inputs, tuple) else module(inputs)
-
-
-def model_input(x: Inputs, device: torch.device, prepare: nn.Module | None) -> Any:
-    """Non-blocking copy (the loader pins memory on CUDA), preprocessing on the device, and
-    channels_last for image batches on CUDA. Half-precision cached features become float32.
-    With several inputs, the first (images or features) is prepared; the others (rhythm
-    features) are copied as float32."""
-    if isinstance(x, tuple):
-        rest = tuple(t.to(device, non_blocking=True).float() for t in x[1:])
-        return (model_input(x[0], device, prepare), *rest)
-    x = x.to(device, non_blocking=True)
-    if prepare is not None:
-        x = prepare(x)
-    elif x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    if device.type == "cuda" and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 @torch.no_grad()

@@ -46,7 +46,7 @@ from data_prep.cli import run_main
 from data_prep.layout import INDEX, META, PREVIEW, SEGMENTS_META, atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
 from pipeline import data, plots, record_level, run_tracking
-from pipeline.engine import resolve_device
+from pipeline.device import resolve_device
 from pipeline.headline import headline
 from pipeline.inference import frame_probs
 from pipeline.metrics import Evaluation, evaluate, nan_to_none

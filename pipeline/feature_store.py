@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from data_prep.layout import META, atomic_path, load_shard, shard_path
 from pipeline import distributed
-from pipeline.engine import autocast, model_input
+from pipeline.device import autocast, model_input
 
 log = logging.getLogger(__name__)
 

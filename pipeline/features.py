@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from data_prep.layout import ASSIGNMENT, INDEX, META, SHARDS, atomic_path
 from pipeline.data import make_loader
-from pipeline.engine import autocast, model_input
+from pipeline.device import autocast, model_input
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def cached_features(
 
     Returns:
         A `TensorDataset` of (features, targets), features in the storage dtype (float16 halves
-        RAM and host-to-device traffic; `engine.model_input` casts batches to float32).
+        RAM and host-to-device traffic; `device.model_input` casts batches to float32).
     """
     feat_path, target_path = cache_files(folder, split)
     if is_cached(folder, split):

@@ -127,7 +127,7 @@ def param_groups(
 
     Each group carries its own ``lr`` (= `lr` x ``lr_scale``), so plain torch optimizers and
     schedulers apply layer decay (timm schedulers would multiply by ``lr_scale`` again: use torch
-    schedulers, as engine.make_scheduler does). Norm and bias
+    schedulers, as optim.make_scheduler does). Norm and bias
     parameters (1-d) get no weight decay.
 
     Args:

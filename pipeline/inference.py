@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from data_prep.layout import INDEX
 from pipeline import data
-from pipeline.engine import autocast, forward, model_input, split_batch
+from pipeline.device import autocast, forward, model_input, split_batch
 from pipeline.feature_store import FeatureStore
 from pipeline.fitting import feature_identity
 from pipeline.fusion import FusedNet, uses_image

@@ -21,13 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.metrics import (
-    average_precision_score,
     classification_report,
     log_loss,
-    roc_auc_score,
 )
 
-from pipeline.curves import calibration, pr_points, present_classes, roc_points, safe_div
+from pipeline.curves import auc_ap, calibration, pr_points, roc_points, safe_div
 
 SUMMARY_STATS = ("accuracy", "macro_f1", "balanced_accuracy", "macro_f1_nsvf")
 CLASS_STATS = ("se", "ppv", "f1")
@@ -103,7 +101,7 @@ def evaluate(
     core = core if len(core) == len(CORE_CLASSES) else []
     rates = _rates(counts, core)
     notes: list[str] = []
-    auc, ap = _auc_ap(y_true, probs, class_names, notes)
+    auc, ap = auc_ap(y_true, probs, class_names, notes)
     per_class = pd.DataFrame(
         {
             "support": counts.sum(axis=1), "predicted": counts.sum(axis=0),
@@ -274,27 +272,6 @@ def _validate(
     if not np.isfinite(probs).all() or probs.min() < 0 or np.abs(sums - 1).max() > 1e-3:
         raise ValueError("probs must be in [0, 1] with rows summing to 1; pass softmax outputs")
     return y_true.astype(np.int64), probs, records.astype(str)
-
-
-def _auc_ap(
-    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], notes: list[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """One-vs-rest ROC-AUC and average precision per class; NaN (with a note) if undefined.
-
-    Per class rather than `roc_auc_score(multi_class="ovr")`, which fails outright when a
-    class is missing from y_true (common: Q beats in a small test set).
-    """
-    auc, ap = np.full(len(class_names), np.nan), np.full(len(class_names), np.nan)
-    present = dict(present_classes(y_true, class_names))
-    for i, name in enumerate(class_names):
-        if i not in present:
-            notes.append(f"class {name}: no segments in y_true; Se, AUC and AP undefined (NaN)")
-        elif present.keys() == {i}:
-            notes.append(f"class {name}: the only class in y_true; AUC undefined (NaN)")
-        else:
-            auc[i] = roc_auc_score(y_true == i, probs[:, i])
-            ap[i] = average_precision_score(y_true == i, probs[:, i])
-    return auc, ap
 
 
 def _report(

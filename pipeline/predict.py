@@ -37,6 +37,7 @@ import pandas as pd
 from data_prep import rhythm, signals, wfdb_io
 from data_prep.cli import DEBUG_FLAG, run_main
 from data_prep.configs import LabelMap, resolve_annotator
+from data_prep.layout import list_records
 from data_prep.rhythm import RhythmParams
 from data_prep.stft import ImageParams, spectrogram_images
 from data_prep.windows import SegmentParams, cut_beats, cut_fixed, flat_windows
@@ -177,7 +178,7 @@ class Bundle:
         """Every record of a folder (its RECORDS file, else its .hea files); a record that fails
         gives one record_error row (and a warning) instead of stopping the others."""
         tables = [self.predict_record_or_error(Path(folder) / name, annotator, lead)
-                  for name in wfdb_io.list_records(Path(folder))]
+                  for name in list_records(Path(folder))]
         return pd.concat(tables, ignore_index=True)
 
     def predict_record_or_error(self, record_path: str | Path,

@@ -45,7 +45,8 @@ from data_prep.layout import INDEX, META, atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, load_section, per_database
 from pipeline import cv, data, distributed, features, fitting, run_tracking
 from pipeline.checkpoint import save_weights
-from pipeline.engine import EpochCallback, FitConfig, resolve_device
+from pipeline.device import resolve_device
+from pipeline.engine import EpochCallback, FitConfig
 from pipeline.fusion import uses_image, uses_rr
 from pipeline.run_folder import CHECKPOINT, FEATURE_STORE, HISTORY, METRICS, MODEL, RESOLVED
 from pipeline.train_params import FreezeMode, TrainParams
@@ -54,8 +55,9 @@ from pipeline.weights import resolve_weights
 log = logging.getLogger(__name__)
 
 MATRIX_KEYS = ("backbones", "freeze_modes")  # choose the DVC matrix runs, not one run's result
-CODE_MODULES = ("train", "engine", "checkpoint", "data", "features", "transforms", "models",
-                "freeze", "distributed", "fitting", "fusion", "cv", "feature_store")
+CODE_MODULES = ("train", "engine", "device", "optim", "checkpoint", "data", "features",
+                "transforms", "models", "freeze", "distributed", "fitting", "fusion", "cv",
+                "feature_store")
 LAUNCH_KEYS = ("nproc",)  # how many processes, not what is trained: a run resumes with any
 HISTORY_COLUMNS = ("fold", "epoch", "train_loss", "train_acc", "train_macro_f1",
                    "val_loss", "val_acc", "val_macro_f1", "lr")

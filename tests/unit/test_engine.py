@@ -18,11 +18,10 @@ from pipeline.engine import (
     FitConfig,
     WeightedCrossEntropy,
     fit,
-    make_optimizer,
-    make_scheduler,
     predict,
 )
 from pipeline.freeze import apply_freeze, feature_extractor, param_groups
+from pipeline.optim import make_optimizer, make_scheduler
 from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
 from tests.synthetic import CLASSES, write_synthetic
 

@@ -12,8 +12,7 @@ import pytest
 
 from data_prep import layout
 from pipeline import bundle, evaluate, export, predict, run_tracking, tracking
-from tests.conftest import free_port
-from tests.helpers import export_params
+from tests.helpers import export_params, free_port
 from tests.tiny_pipeline import stage_params
 
 

@@ -20,9 +20,6 @@ STAGES = ("data_prep.sources", "data_prep.fetch", "data_prep.segment", "data_pre
           "data_prep.spectrogram", "pipeline.train", "pipeline.evaluate", "pipeline.export")
 HEAVY = ("torch", "timm", "mlflow")  # data_prep (the record-side base install) never needs them
 MAX_LINES = 330
-# modules still over MAX_LINES, split once concurrent work on them lands (issue 8); an entry
-# that is no longer over the limit fails the test, so this list can only shrink
-PENDING_SPLIT = frozenset({"pipeline/train.py", "pipeline/engine.py"})
 
 
 def module_path(name: str) -> Path:
@@ -147,10 +144,8 @@ def test_dvc_matrix_stages_parse():
 def test_modules_stay_small():
     sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines())
              for pkg in PACKAGES for p in (REPO / pkg).glob("*.py")}
-    over = {p: n for p, n in sizes.items() if n > MAX_LINES and p not in PENDING_SPLIT}
+    over = {p: n for p, n in sizes.items() if n > MAX_LINES}
     assert not over, f"modules over {MAX_LINES} lines: {over}; split them"
-    done = sorted(p for p in PENDING_SPLIT if sizes.get(p, 0) <= MAX_LINES)
-    assert not done, f"{done} are small now: remove them from PENDING_SPLIT"
 
 
 @pytest.mark.parametrize("stage", sorted(_stages()))
@@ -225,3 +220,16 @@ def test_no_block_of_six_lines_is_repeated():
                 repeated.append(f"{where} repeats {seen[block]}")
             seen.setdefault(block, where)
     assert not repeated, repeated
+
+
+def test_test_modules_share_through_conftest_and_helpers_only():
+    """Fixtures live in tests/conftest.py, helpers in tests/*.py: no test module imports
+    another test module or conftest (pytest loads conftest itself)."""
+    bad = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.name}: {n}" for n in names if re.match(
+                r"tests\.(unit|integration)\b|tests\.conftest\b|conftest\b", n)]
+    assert not bad, bad

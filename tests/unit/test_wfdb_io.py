@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import requests
 
-from data_prep import wfdb_io
+from data_prep import layout, wfdb_io
 from tests.synthetic import write_annotations, write_record, write_records_file
 
 
@@ -40,11 +40,11 @@ def test_annotations_strip_trailing_nul(tmp_path: Path) -> None:
 def test_list_records_uses_records_file_then_headers(tmp_path: Path) -> None:
     for name in ("b", "a"):
         write_record(tmp_path, name, seconds=2, annotate=False)
-    assert wfdb_io.list_records(tmp_path) == ["a", "b"]
+    assert layout.list_records(tmp_path) == ["a", "b"]
     write_records_file(tmp_path, ["b"])
-    assert wfdb_io.list_records(tmp_path) == ["b"]
+    assert layout.list_records(tmp_path) == ["b"]
     with pytest.raises(FileNotFoundError, match="fetch"):
-        wfdb_io.list_records(tmp_path / "empty")
+        layout.list_records(tmp_path / "empty")
 
 
 def test_missing_dat_names_record_file_and_fix(tmp_path: Path) -> None:
