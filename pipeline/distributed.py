@@ -17,8 +17,8 @@ What the train stage does with it:
   CUDA `wrap` turns trainable BatchNorm into SyncBatchNorm (statistics of the global batch).
 - **Metrics over every rank.** `gather` concatenates each rank's logits and targets (validation
   is sharded too) so history, model selection and early stopping are identical on all ranks.
-- **Frozen mode.** `feature_datasets` extracts each rank's share of the images, gathers the
-  features once, rank 0 writes the feature cache and every rank reads it.
+- **Frozen mode.** The feature store (`pipeline.feature_store`) computes each rank's share of
+  the records; after a barrier every rank reads them all.
 - **One writer.** Only rank 0 writes the run folder, the checkpoint (`MainOnlyCheckpointer`)
   and MLflow; every rank reads the checkpoint to resume, so the run folder must be on a
   filesystem all nodes share.
@@ -29,22 +29,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, Sampler, Subset, TensorDataset
+from torch.utils.data import Dataset, Sampler
 
-from pipeline import features
 from pipeline.checkpoint import Checkpointer
-from pipeline.data import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -262,35 +259,3 @@ class MainOnlyCheckpointer(Checkpointer):
         if is_main():
             super().save(epoch, unwrap(module), optimizer, state, improved)
         barrier()  # load_best / a resume on any rank reads what rank 0 wrote
-
-
-def feature_datasets(feature_fn: features.FeatureFn, images: dict[str, Dataset], folder: Path,
-                     device: torch.device, preprocess: nn.Module, batch_size: int, workers: int,
-                     dtype: str = "float16") -> dict[str, TensorDataset]:
-    """`features.feature_datasets` with the extraction split across ranks and gathered once.
-
-    Rank 0 decides whether the cache is complete and writes it; every rank then reads the same
-    files, so all train on bit-identical (e.g. float16) features.
-    """
-    if active():
-        missing = [[s for s in images if not features.is_cached(folder, s)] if is_main() else []]
-        dist.broadcast_object_list(missing, src=0)
-        for split in missing[0]:
-            shard = Subset(images[split], list(sharded_sampler(None, images[split], None) or []))
-            loader = make_loader(shard, batch_size, device, seed=0, num_workers=workers)
-            feats, targets = features.extract_features(feature_fn, loader, device, preprocess,
-                                                       desc=f"{split} features (shard)")
-            pair = (gather(feats), gather(targets))
-            if is_main():
-                features.cached_features(folder, split, _given(pair), dtype)
-        barrier()
-    return features.feature_datasets(feature_fn, images, folder, device, preprocess, batch_size,
-                                     workers, dtype)
-
-
-Pair = tuple[torch.Tensor, torch.Tensor]
-
-
-def _given(pair: Pair) -> Callable[[], Pair]:
-    """A `compute` for `features.cached_features` that returns what was already computed."""
-    return lambda: pair

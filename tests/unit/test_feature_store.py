@@ -1,0 +1,54 @@
+"""The shared feature store: computes only missing rows, once, and returns them in frame order."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from data_prep.layout import load_shard, read_index
+from pipeline.feature_store import FeatureStore
+from pipeline.transforms import Preprocess
+from tests.synthetic import write_synthetic
+
+
+class Counting(torch.nn.Module):
+    """Features = per-image mean and max; counts the images it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += len(x)
+        return torch.stack([x.mean(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3))], dim=1)
+
+
+def test_store_computes_missing_rows_once_and_keeps_frame_order(tmp_path):
+    spec, _ = write_synthetic(tmp_path)
+    index = read_index(spec / "index.csv")
+    fn = Counting()
+    store = FeatureStore(tmp_path / "store", {"model": "counting"}, fn,
+                         Preprocess([0.0], [1.0], 1), torch.device("cpu"), batch_size=4)
+    part = index.sample(frac=0.5, random_state=0)  # shuffled rows of several records
+    first = store.rows(spec, part)
+    assert fn.seen == len(part) and first.shape == (len(part), 2)
+    record, row = part.iloc[3][["record", "row"]]
+    image = torch.from_numpy(np.asarray(load_shard(spec, record)[row])).float() / 255
+    np.testing.assert_allclose(first[3], [image.mean(), image.max()], rtol=1e-6)
+
+    everything = store.rows(spec, index)  # only the other half is computed
+    assert fn.seen == len(index)
+    by_key = {(r, w): f for (r, w), f in zip(index[["record", "row"]].itertuples(index=False),
+                                             everything, strict=True)}
+    for (r, w), f in zip(part[["record", "row"]].itertuples(index=False), first, strict=True):
+        np.testing.assert_array_equal(by_key[(r, w)], f)
+
+    again = FeatureStore(tmp_path / "store", {"model": "counting"}, fn,
+                         Preprocess([0.0], [1.0], 1), torch.device("cpu"))
+    np.testing.assert_array_equal(again.rows(spec, index), everything)
+    assert fn.seen == len(index)  # a new run reads the store
+
+    other = FeatureStore(tmp_path / "store", {"model": "other"}, fn,
+                         Preprocess([0.0], [1.0], 1), torch.device("cpu"))
+    other.rows(spec, index.head(3))
+    assert fn.seen == len(index) + 3  # another identity is another key
