@@ -22,6 +22,8 @@ def run_probs(session: ort.InferenceSession, images: np.ndarray, rr: np.ndarray,
               n_classes: int, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Softmax probabilities (n, K) of uint8 images (n, S, S) and their float32 rhythm features
     (n, F), `batch_size` rows per call. A graph without a rhythm input is fed images only."""
+    if len(images) == 0:
+        return np.empty((0, n_classes), dtype=np.float32)
     images = np.ascontiguousarray(images, dtype=np.uint8)
     rr = np.ascontiguousarray(rr, dtype=np.float32).reshape(len(images), -1)
     takes_rr = RR_NAME in {i.name for i in session.get_inputs()}

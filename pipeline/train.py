@@ -193,9 +193,10 @@ def _validate(setup: fitting.Setup, fits: list[fitting.FoldFit], trainval: pd.Da
     probs, targets = oof[rows], trainval["target"].to_numpy()[rows]
     result: dict = {"rows": int(rows.size),
                     "macro_f1": cv.macro_f1(targets, np.log(np.clip(probs, 1e-12, 1)), select)}
+    # what a fitted class bias would add, measured on held-out patients: says whether to use it
+    groups = trainval["subject" if "subject" in trainval else "record"].to_numpy()[rows]
+    result["calibration_gain"] = cv.calibration_gain(probs, targets, groups, select)
     if params.calibrate:
-        groups = trainval["subject" if "subject" in trainval else "record"].to_numpy()[rows]
-        result["calibration_gain"] = cv.calibration_gain(probs, targets, groups, select)
         bias = cv.calibrate_bias(probs, targets, select)
         setup.net.head.class_bias.copy_(torch.from_numpy(bias).float())
         result["class_bias"] = bias.tolist()

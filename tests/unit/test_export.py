@@ -71,7 +71,7 @@ def test_onnx_matches_torch_for_any_batch_size(built):
         probs, logits = (t.numpy() for t in net(torch.from_numpy(images), torch.from_numpy(rr)))
     onnx_probs, onnx_logits = session.run(None, {"images": images, "rr": rr})
     np.testing.assert_allclose(onnx_probs, probs, atol=1e-6)
-    np.testing.assert_allclose(onnx_logits, logits, atol=1e-5)
+    np.testing.assert_allclose(onnx_logits, logits, rtol=1e-4, atol=1e-4)
     assert onnx_runner.run_probs(session, images, rr, 5, batch_size=2).shape == (5, 5)
     np.testing.assert_array_equal(onnx_runner.run_probs(session, images, rr, 5, batch_size=2),
                                   onnx_runner.run_probs(session, images, rr, 5))

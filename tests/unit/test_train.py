@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,10 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from data_prep.params import parse_section
-from pipeline import train
-from pipeline.freeze import apply_freeze
-from pipeline.models import build_model
-from pipeline.weights import resolve_weights
+from pipeline import run_folder, train
 from tests.helpers import QUICK, committed_params, make_params
 from tests.synthetic import CLASSES, write_synthetic
 
@@ -43,7 +41,9 @@ def test_params_reject_unknown_keys_and_missing_lr():
 @pytest.mark.parametrize("freeze", ["frozen", "full"])
 def test_run_writes_all_outputs(tmp_path, folders, freeze):
     spec, splits = folders
-    params = make_params(max_per_class={"train": 6}, lr={"frozen": 1e-2, "full": 1e-3})
+    store = tmp_path / "store"
+    params = make_params(max_per_class={"train": 6}, lr={"frozen": 1e-2, "full": 1e-3},
+                         feature_cache_dir=str(store))
     out = tmp_path / "run"
     metrics = train.run(params, "test_resnet", freeze, spec, splits, out)
 
@@ -64,11 +64,13 @@ def test_run_writes_all_outputs(tmp_path, folders, freeze):
     assert resolved["versions"]["torch"] == torch.__version__
     assert resolved["freeze_report"]["mode"] == freeze
     assert resolved["counts"]["train"] == {"N": 6, "S": 6, "V": 6}
-    assert (out / "features").is_dir() == (freeze == "frozen")
+    # frozen: backbone features of exactly the trained rows, in the shared store
+    stored = sum(np.load(p).sum() for p in store.glob("*/*.done.npy"))
+    assert stored == (6 + 6 + 6 + 11 + 5 + 5 if freeze == "frozen" else 0)
+    assert resolved["model"]["inputs"] == "image+rr" and resolved["model"]["heads"] == 1
 
-    model = build_model("test_resnet", 3, resolve_weights("test_resnet", "random"))
-    apply_freeze(model, freeze)
-    model.load_state_dict(load_file(out / "model.safetensors"), strict=True)
+    model, _, _ = run_folder.load_model(out)  # strict load of the fused network
+    assert set(load_file(out / "model.safetensors")) == set(model.state_dict())
 
     again = train.run(params, "test_resnet", freeze, spec, splits, out)  # finished: resumes, no-op
     assert {k: v for k, v in again.items() if k != "train_seconds"} == {
