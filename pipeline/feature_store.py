@@ -81,6 +81,7 @@ class FeatureStore:
             need = np.unique(group["row"].to_numpy()[~done[group["row"].to_numpy()]])
             if need.size:
                 todo[str(record)] = need
+        distributed.barrier()  # every process has listed what is missing before any writes
         if todo:  # data-parallel: each process computes its share of the records, then all read
             job = distributed.ranks()
             mine = dict(list(todo.items())[job.rank::job.world])
