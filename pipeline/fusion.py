@@ -45,6 +45,8 @@ class Standardise(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     def fit(self, x: Tensor) -> Standardise:
+        if x.shape[1] == 0:  # no rhythm input: nothing to fit
+            return self
         x = x.double()
         self.mean.copy_(x.mean(0).float())
         self.std.copy_(x.std(0).clamp_min(1e-6).float())  # a constant feature stays finite
