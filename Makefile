@@ -26,7 +26,7 @@ QUICK := $(CPU_SMALL) -S train.max_per_class.train=1000 -S train.max_per_class.v
 FULL_NAME ?= cpu-full
 FULL := $(CPU_SMALL) -S train.batch_size=256 $(FULL_EXTRA)
 
-.PHONY: setup repro quick cpu-full ablation test lint bench
+.PHONY: setup repro quick cpu-full ablation profile test lint bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
