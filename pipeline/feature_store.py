@@ -18,12 +18,10 @@ a killed run never leaves rows marked done that hold nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,16 +31,11 @@ from tqdm.auto import tqdm
 from data_prep.layout import META, atomic_path, load_shard, shard_path
 from pipeline import distributed
 from pipeline.device import autocast, model_input
+from pipeline.features import cache_key
 
 log = logging.getLogger(__name__)
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def store_key(**parts: Any) -> str:
-    """Short stable hash of JSON-serialisable parts."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @dataclass
@@ -69,7 +62,7 @@ class FeatureStore:
 
     def folder(self, spectrograms: Path) -> Path:
         meta = (spectrograms / META).read_bytes()
-        return self.root / store_key(**self.identity, images=hashlib.sha256(meta).hexdigest(),
+        return self.root / cache_key(**self.identity, images=hashlib.sha256(meta).hexdigest(),
                                      dtype=self.dtype)
 
     def rows(self, spectrograms: Path, frame: pd.DataFrame, desc: str = "features") -> np.ndarray:

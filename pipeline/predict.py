@@ -102,7 +102,8 @@ class Bundle:
                   else np.isin(symbols, list(self.labels.map)))
         order = np.argsort(t, kind="stable")
         feats = np.zeros((t.size, len(rhythm.BEAT_FEATURES)), np.float32)
-        feats[order] = rhythm.beat_features(t[order], params)[0]  # beats outside the map
+        if not mapped.all():  # beats outside the map: from all beats (the stage drops them)
+            feats[order] = rhythm.beat_features(t[order], params)[0]
         sub = order[mapped[order]]
         feats[sub] = rhythm.beat_features(t[sub], params)[0]  # as the stage: mapped beats only
         return feats
