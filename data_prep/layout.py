@@ -4,7 +4,8 @@ Images and signals are stored as one `.npy` shard per record plus one `index.csv
 folder (DVC is slow on many small files). Record names are always strings ("100", "A00001").
 
     data/raw/            fetch.json; <db>/: RECORDS, SHA256SUMS, WFDB files         (fetch)
-    data/segments/       shards/, index.csv (SEGMENT_COLUMNS), meta.json, summary.json (segment)
+    data/segments/       shards/, index.csv (SEGMENT_COLUMNS), meta.json, summary.json, and
+                         second_lead/shards/ with segment.second_leads          (segment)
     data/splits/         assignment.csv (ASSIGNMENT_COLUMNS), summary.json           (split)
     data/spectrograms/   shards/, index.csv, meta.json (its "segments" key holds the segment
                          meta.json), preview/<class>.png, png/<class>/...  (spectrogram)
@@ -43,6 +44,9 @@ ASSIGNMENT_COLUMNS = ("record", "subject", "split", "fold")  # fold: -1 for test
 SPLITS = ("train", "val", "test")
 PREVIEW, PNG = "preview", "png"  # spectrogram folder: grids per class, optional PNG per image
 SEGMENTS_META = "segments"  # spectrogram meta.json key holding the segment stage's meta.json
+# segment folder: <segments>/second_lead/shards/<record>.npy, the second lead's windows (rows as
+# the first lead's shard), and the meta.json key naming each record's second lead
+SECOND_LEAD = "second_lead"
 
 
 ENV_MIRROR = "ECG_PHYSIONET_MIRROR"  # a local PhysioNet mirror laid out as <mirror>/<db>/

@@ -1,5 +1,7 @@
 """Pictures of the spectrogram images for people: a grid per class, optional PNG per image.
 
+Grey images are shown grey; three-channel images (multires, two_lead) as RGB, channel 0 red.
+
 Used by the spectrogram stage; reads finished shards, so previews never slow the workers.
 """
 
@@ -22,6 +24,11 @@ def safe_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", label) or "_"
 
 
+def picture(image: np.ndarray) -> np.ndarray:
+    """An image as PIL/matplotlib take it: grey (S, S) as is, channels (3, S, S) as RGB."""
+    return image if image.ndim == 2 else np.moveaxis(image, 0, -1)
+
+
 def write_pngs(folder: Path, record: str, images: np.ndarray,
                names: tuple[tuple[str, int], ...]) -> None:
     """One PNG per image as <folder>/<label>/<record>_<sample>.png (label, sample per row)."""
@@ -30,7 +37,7 @@ def write_pngs(folder: Path, record: str, images: np.ndarray,
     for image, (label, sample) in zip(images, names, strict=True):
         target = folder / safe_name(label)
         target.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(target / f"{record}_{sample}.png")
+        Image.fromarray(picture(image)).save(target / f"{record}_{sample}.png")
 
 
 def write_previews(out: Path, subdir: str, index: pd.DataFrame, classes: list[str],
@@ -68,11 +75,12 @@ def _grid(path: Path, cls: str, tiles: pd.DataFrame, images: list[np.ndarray],
     fig = Figure(figsize=(1.9 * ncols + 0.7, 1.9 * nrows + 0.9))
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
     (t0, t1), (f0, f1) = extents
-    height, width = images[0].shape
+    height, width = images[0].shape[-2:]
     half_t = (t1 - t0) / (width - 1) / 2  # extent is pixel edges, not centres
     half_f = (f1 - f0) / (height - 1) / 2
     for ax, image, tile in zip(axes.flat, images, tiles.itertuples(), strict=False):
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255, aspect="auto", interpolation="nearest",
+        ax.imshow(picture(image), cmap="gray", vmin=0, vmax=255, aspect="auto",
+                  interpolation="nearest",
                   extent=(t0 - half_t, t1 + half_t, f0 - half_f, f1 + half_f))
         ax.set_title(f"{tile.record}/{tile.sample}", fontsize=8)
         ax.tick_params(labelsize=7)

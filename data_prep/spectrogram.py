@@ -4,14 +4,18 @@ Reads (written by `data_prep.segment`):
     <segments>/shards/<record>.npy   float32 (n, L) windows at fs
     <segments>/index.csv             record,row,sample,label,symbol (row = row in the shard)
     <segments>/meta.json             classes, fs, window_samples, label_mode, ...
+    <segments>/second_lead/shards/<record>.npy   the second lead's windows (image two_lead)
 Writes:
-    <out>/shards/<record>.npy        uint8 (n, S, S), rows in the segment shard's order
+    <out>/shards/<record>.npy        uint8 (n, S, S) grey, or (n, 3, S, S) for the multi-channel
+                                     image kinds (`data_prep.channels`); rows in the segment
+                                     shard's order
     <out>/index.csv                  the segment index rows, unchanged
     <out>/meta.json                  classes, fs, STFT params, axis extents, orientation, scale
     <out>/preview/<class>.png        grid of example images per class, for people
     <out>/png/<class>/<record>_<sample>.png   one PNG per image, only if `export_png`
 
-Images come from the STFT core `data_prep.stft` (its docstring gives the image convention).
+Images come from the STFT core `data_prep.stft` (its docstring gives the image convention);
+`spectrogram.image` chooses what goes in the channels (`data_prep.channels`).
 
 With `--splits`, only records that the split stage assigned to train, val or test get images
 (records it left out are logged and skipped).
@@ -35,6 +39,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from data_prep import channels
 from data_prep.cli import run_main
 from data_prep.layout import (
     ASSIGNMENT,
@@ -42,6 +47,7 @@ from data_prep.layout import (
     META,
     PNG,
     PREVIEW,
+    SECOND_LEAD,
     SEGMENT_COLUMNS,
     SEGMENTS_META,
     SHARDS,
@@ -55,7 +61,7 @@ from data_prep.layout import (
 )
 from data_prep.params import DEFAULT_PARAMS, load_section
 from data_prep.preview import PREVIEW_SEED, write_pngs, write_previews
-from data_prep.stft import SpectrogramParams, image_meta, iter_images, plan
+from data_prep.stft import SpectrogramParams
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +83,13 @@ class _Task:
 
 def _record_task(task: _Task) -> int:
     """Images of one record, streamed chunk by chunk into its shard (memory: one chunk)."""
-    segments = load_shard(task.segments, task.record)  # mmap: read chunk by chunk
-    size = task.params.image_size
+    leads = [load_shard(folder, task.record)  # mmap: read chunk by chunk
+             for folder in lead_folders(task.segments, task.params)]
+    shape = (len(leads[0]), *channels.image_shape(task.params))
     written = 0
-    with shard_writer(task.out, task.record, (len(segments), size, size), np.uint8) as write:
+    with shard_writer(task.out, task.record, shape, np.uint8) as write:
         try:
-            for chunk in iter_images(segments, task.fs, task.params):
+            for chunk in channels.iter_kind_images(leads, task.fs, task.params):
                 write(chunk)
                 if task.png is not None:
                     names = task.png[written:written + len(chunk)]
@@ -92,6 +99,11 @@ def _record_task(task: _Task) -> int:
             path = shard_path(task.segments, task.record)
             raise ValueError(f"record {task.record} ({path}): {err}") from None
     return written
+
+
+def lead_folders(segments: Path, params: SpectrogramParams) -> list[Path]:
+    """The segment folders holding each lead's shards that the image kind reads."""
+    return [segments, segments / SECOND_LEAD][:channels.leads_needed(params)]
 
 
 def _map_records(tasks: list[_Task], workers: int) -> None:
@@ -114,8 +126,25 @@ def _map_records(tasks: list[_Task], workers: int) -> None:
                 raise
 
 
-def _check_inputs(segments: Path, index: pd.DataFrame, seg_meta: dict) -> int:
+def _check_second(segments: Path, record: str, shape: tuple[int, ...]) -> None:
+    """The second lead's shard must hold the same windows as the first's."""
+    path = shard_path(segments / SECOND_LEAD, record)
+    if not path.is_file() or load_shard(segments / SECOND_LEAD, record).shape != shape:
+        raise ValueError(f"record {record}: {path} is missing or its shape differs from "
+                         f"{shard_path(segments, record)} {shape}; re-run the segment stage")
+
+
+def _check_inputs(segments: Path, index: pd.DataFrame, seg_meta: dict,
+                  params: SpectrogramParams) -> int:
     """Checks index, meta and shards agree; returns the segment length in samples."""
+    second = None
+    if channels.leads_needed(params) > 1:
+        second = seg_meta.get(SECOND_LEAD)
+        if not second:
+            raise ValueError(f"spectrogram.image '{params.image}' needs a second lead, but "
+                             f"{segments / META} records none; set segment.second_leads (e.g. "
+                             "[V1, V2, V5]) and re-run the segment stage, or choose another "
+                             "spectrogram.image")
     if missing := [c for c in SEGMENT_COLUMNS if c not in index.columns]:
         raise ValueError(f"{segments / INDEX}: missing columns {missing}; re-run the segment stage")
     if missing := [k for k in ("classes", "fs") if k not in seg_meta]:
@@ -125,6 +154,8 @@ def _check_inputs(segments: Path, index: pd.DataFrame, seg_meta: dict) -> int:
     widths = set()
     for record, rows in index.groupby("record", sort=False):
         shard = load_shard(segments, str(record))
+        if second is not None:
+            _check_second(segments, str(record), shard.shape)
         n = shard.shape[0] if shard.ndim == 2 else -1
         if n != len(rows) or not np.array_equal(np.sort(rows["row"].to_numpy()), np.arange(n)):
             raise ValueError(
@@ -137,6 +168,13 @@ def _check_inputs(segments: Path, index: pd.DataFrame, seg_meta: dict) -> int:
         raise ValueError(f"{segments}: segment lengths {sorted(widths)} differ from each other or "
                          f"from meta.json window_samples={expected}; re-run the segment stage")
     return widths.pop()
+
+
+def _extents(described: dict) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((first, last) column time in s, (bottom, top) row frequency in Hz) of the images."""
+    time_s, freq = described["time_s"], described["frequency_hz"]
+    return ((time_s["first_column"], time_s["last_column"]),
+            (freq["bottom_row"], freq["top_row"]))
 
 
 def assigned_only(index: pd.DataFrame, assignment: Path) -> pd.DataFrame:
@@ -154,9 +192,10 @@ def run(params: SpectrogramParams, segments: Path, out: Path,
     index = read_index(segments / INDEX)
     if splits is not None:
         index = assigned_only(index, splits / ASSIGNMENT)
-    n_samples = _check_inputs(segments, index, seg_meta)
+    n_samples = _check_inputs(segments, index, seg_meta, params)
     fs = float(seg_meta["fs"])
-    p = plan(params, fs, n_samples)  # fails on band/Nyquist before any worker starts
+    # fails on band/Nyquist/window lengths before any worker starts
+    described = channels.describe(params, fs, n_samples)
     if out.resolve() == segments.resolve():
         raise ValueError(f"--out {out} is the segments folder; pass another folder")
     for stale in (SHARDS, PREVIEW, PNG):  # a previous run's records must not linger
@@ -173,12 +212,12 @@ def run(params: SpectrogramParams, segments: Path, out: Path,
     classes = [str(c) for c in seg_meta["classes"]]
     if unknown := sorted(set(index["label"]) - set(classes)):
         log.warning("labels %s not in meta.json classes %s: no preview", unknown, classes)
-    meta = {"classes": classes, **image_meta(params, fs, n_samples), "n_images": len(index),
+    meta = {"classes": classes, **described, "n_images": len(index),
             "records": {r: len(g) for r, g in groups.items()},
-            "preview": write_previews(out, PREVIEW, index, classes, (p.time_s, p.freq_hz),
+            "preview": write_previews(out, PREVIEW, index, classes, _extents(described),
                                       params.preview_per_class),
             "preview_seed": PREVIEW_SEED, "export_png": params.export_png,
-            "params": params.image_params().model_dump(mode="json"), SEGMENTS_META: seg_meta}
+            "params": params.image_params().recorded(), SEGMENTS_META: seg_meta}
     write_json(out / META, meta)
     log.info("wrote %d images to %s", len(index), out)
     return meta

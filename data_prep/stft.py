@@ -16,7 +16,7 @@ import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -45,6 +45,10 @@ class ImageParams(StrictModel):
     fmax_hz: float = Field(gt=0)
     dynamic_range_db: float = Field(gt=0)
     image_size: int = Field(ge=2)
+    # What goes in the image channels (`data_prep.channels`); the defaults are today's grey
+    # image, and a grey image records neither key (`recorded`), so its meta.json is unchanged.
+    image: Literal["grey", "multires", "two_lead"] = "grey"
+    multires_nperseg: tuple[int, int, int] = (16, 32, 64)
 
     @model_validator(mode="after")
     def _consistent(self) -> ImageParams:
@@ -52,6 +56,11 @@ class ImageParams(StrictModel):
             raise ValueError(f"noverlap ({self.noverlap}) must be < nperseg ({self.nperseg})")
         if self.nfft < self.nperseg:
             raise ValueError(f"nfft ({self.nfft}) must be >= nperseg ({self.nperseg})")
+        if self.image != "grey" and (bad := [n for n in self.multires_nperseg
+                                             if not self.hop < n <= self.nfft]):
+            raise ValueError(f"multires_nperseg {bad}: each window must be longer than the hop "
+                             f"nperseg - noverlap = {self.hop} (all channels share it, so their "
+                             f"frames align) and at most nfft = {self.nfft}")
         if self.fmin_hz >= self.fmax_hz:
             raise ValueError(f"fmin_hz ({self.fmin_hz}) must be < fmax_hz ({self.fmax_hz})")
         try:
@@ -64,6 +73,11 @@ class ImageParams(StrictModel):
     @property
     def hop(self) -> int:
         return self.nperseg - self.noverlap
+
+    def recorded(self) -> dict[str, Any]:
+        """The params as meta.json and bundles record them (grey: without the channel keys)."""
+        skip = {"image", "multires_nperseg"} if self.image == "grey" else set()
+        return self.model_dump(mode="json", exclude=skip)
 
 
 class SpectrogramParams(ImageParams):
@@ -99,9 +113,15 @@ def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return left, (pos - left).astype(np.float32)
 
 
+Span = tuple[int, int] | None  # STFT slices [first, stop) to keep; None: every whole frame
+
+
 @functools.lru_cache(maxsize=16)
-def plan(params: ImageParams, fs: float, n_samples: int) -> Plan:
-    """Builds (and caches) the STFT and resize plan; errors say which value to change."""
+def plan(params: ImageParams, fs: float, n_samples: int, span: Span = None) -> Plan:
+    """Builds (and caches) the STFT and resize plan; errors say which value to change.
+
+    `span` replaces the slices kept (slice p is centred on sample p * hop): channels of one
+    image made with different window lengths and one hop keep the same frame centres."""
     if params.fmax_hz > fs / 2:
         raise ValueError(f"fmax_hz {params.fmax_hz} is above Nyquist ({fs / 2} Hz at fs={fs}); "
                          "lower spectrogram.fmax_hz or raise segment.target_fs")
@@ -111,6 +131,9 @@ def plan(params: ImageParams, fs: float, n_samples: int) -> Plan:
     # Frames that stick out of the segment would see a step to the zero padding: a bright
     # broadband column at each edge. Keep only frames wholly inside (as signal.spectrogram).
     first, stop = sft.lower_border_end[1], sft.upper_border_begin(n_samples)[1]
+    if span is not None:
+        assert first <= span[0] and span[1] <= stop, "a span keeps whole frames only"
+        first, stop = span
     if stop - first < 2:
         raise ValueError(f"segments of {n_samples} samples hold {max(stop - first, 0)} whole "
                          f"STFT frame(s) of nperseg={params.nperseg}; lower spectrogram.nperseg "
@@ -173,14 +196,14 @@ def _chunk_images(x: np.ndarray, p: Plan, dynamic_range_db: float, out: np.ndarr
 
 
 def iter_images(segments: np.ndarray, fs: float, params: ImageParams,
-                chunk_size: int = CHUNK) -> Iterator[np.ndarray]:
+                chunk_size: int = CHUNK, span: Span = None) -> Iterator[np.ndarray]:
     """Yields uint8 (c, S, S) images for successive chunks of a (n, L) batch of segments.
 
     Each image depends on its own segment only: chunking never changes the result.
     """
     if segments.ndim != 2:
         raise ValueError(f"expected segments of shape (n, L), got {segments.shape}")
-    p = plan(params, float(fs), segments.shape[1])
+    p = plan(params, float(fs), segments.shape[1], span)
     size = params.image_size
     for start in range(0, len(segments), chunk_size):
         x = np.asarray(segments[start:start + chunk_size], dtype=np.float32)
@@ -193,7 +216,7 @@ def iter_images(segments: np.ndarray, fs: float, params: ImageParams,
 
 
 def spectrogram_images(segments: np.ndarray, fs: float, params: ImageParams,
-                       chunk_size: int = CHUNK) -> np.ndarray:
+                       chunk_size: int = CHUNK, span: Span = None) -> np.ndarray:
     """Pure core: (n, L) float segments at `fs` Hz -> (n, S, S) uint8 spectrogram images.
 
     STFT (scipy ShortTimeFFT: window, nperseg, hop = nperseg - noverlap, mfft = nfft) over
@@ -206,15 +229,17 @@ def spectrogram_images(segments: np.ndarray, fs: float, params: ImageParams,
     size = params.image_size
     out = np.empty((len(segments), size, size), dtype=np.uint8)
     start = 0
-    for chunk in iter_images(segments, fs, params, chunk_size):
+    for chunk in iter_images(segments, fs, params, chunk_size, span):
         out[start:start + len(chunk)] = chunk
         start += len(chunk)
     return out
 
 
-def image_meta(params: ImageParams, fs: float, n_samples: int) -> dict[str, Any]:
-    """What a reader needs to interpret the images (and to reproduce them on new data)."""
-    p = plan(params, float(fs), n_samples)
+def image_meta(params: ImageParams, fs: float, n_samples: int,
+               span: Span = None) -> dict[str, Any]:
+    """What a reader needs to interpret grey images (and to reproduce them on new data);
+    `data_prep.channels.describe` describes every image kind."""
+    p = plan(params, float(fs), n_samples, span)
     size = params.image_size
     return {
         "fs": fs,

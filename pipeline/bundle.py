@@ -2,8 +2,9 @@
 
 A bundle folder (`models/export/<run>/`, written by `pipeline.export`) holds:
 
-- `model.onnx`: uint8-valued spectrograms (batch, S, S) -> `probs` (softmax) and `logits`, with
-  the model-input preprocessing (/255, grey -> channels, mean/std) inside the graph;
+- `model.onnx`: uint8-valued spectrograms (batch, S, S), or (batch, 3, S, S) for the
+  multi-channel image kinds, -> `probs` (softmax) and `logits`, with the model-input
+  preprocessing (/255, grey -> channels, mean/std) inside the graph;
 - `bundle.json`: `bundle_format`, classes, label map, the whole preprocessing (the segment and
   image params as the data stages recorded them in their meta.json, model input), metrics with
   confidence intervals, data, versions;
@@ -23,7 +24,15 @@ from typing import Any
 
 from data_prep.layout import sha256_file
 
-BUNDLE_FORMAT = 2  # bump on any change an older reader would misread (2: image params only)
+BUNDLE_FORMAT = 3  # bump on any change an older reader would misread (2: image params only)
+# 3: multi-channel images (spectrogram.image multires / two_lead). Grey bundles are still written
+# as format 2 with the same bundle.json keys, so readers of format 2 keep reading them.
+READABLE = (2, 3)
+
+
+def format_for(image: str) -> int:
+    """The format a bundle of this image kind is written in (the oldest that describes it)."""
+    return 2 if image == "grey" else BUNDLE_FORMAT
 BUNDLE_JSON, MODEL_ONNX, MODEL_CARD = "bundle.json", "model.onnx", "model_card.md"
 PACKAGE = "ecg-spectro-tl"
 INPUT_NAME, OUTPUT_NAMES = "images", ("probs", "logits")
@@ -65,7 +74,7 @@ def read_bundle_json(folder: Path) -> dict[str, Any]:
     if not isinstance(found, int) or isinstance(found, bool):
         raise BundleFormatError(f"{path}: no integer 'bundle_format'; not an export bundle, or "
                                 "a damaged one: re-export it with python -m pipeline.export")
-    if found != BUNDLE_FORMAT:
+    if found not in READABLE:
         newer = found > BUNDLE_FORMAT
         fix = (f"upgrade {PACKAGE} (pip install -U {PACKAGE}) to a version that reads it"
                if newer else "re-export the model with this version (python -m pipeline.export)")
@@ -183,6 +192,15 @@ def _protocol(meta: dict) -> list[str]:
             "inter-patient protocol: compare with published DS1/DS2 results with care."]
 
 
+def _channels(meta: dict) -> str:
+    image = meta["preprocessing"].get("image", {})
+    listed = image.get("channel_list")
+    if not listed:
+        return "one grey channel"
+    return f"{image.get('image')}: " + "; ".join(
+        f"{c['lead']}, {c['nperseg']}-sample window ({c['window_ms']:.0f} ms)" for c in listed)
+
+
 def render_model_card(meta: dict[str, Any]) -> str:
     """model_card.md from a bundle's metadata (see `pipeline.export` for the keys)."""
     seg = meta["preprocessing"]["segment"]
@@ -201,8 +219,9 @@ def render_model_card(meta: dict[str, Any]) -> str:
         "## Model", "",
         f"- {model['backbone']} ({model['freeze']} backbone), ImageNet weights: "
         f"{model.get('weights', {}).get('describe', 'n/a')}",
-        f"- ONNX opset {model['opset']}, input `{INPUT_NAME}` uint8-valued (batch, "
-        f"{spec['image_size']}, {spec['image_size']}), outputs `probs` (softmax) and `logits`; "
+        f"- ONNX opset {model['opset']}, input `{INPUT_NAME}` uint8-valued "
+        f"({', '.join(map(str, model['input']['shape']))}), outputs `probs` (softmax) and "
+        "`logits`; "
         f"preprocessing inside the graph: /255, {model_input['channels']}, mean "
         f"{model_input['mean']}, std {model_input['std']}",
         "", "## Preprocessing (applied by pipeline.predict)", "",
@@ -216,7 +235,7 @@ def render_model_card(meta: dict[str, Any]) -> str:
         f"- STFT {spec['window']} window, nperseg {spec['nperseg']}, noverlap "
         f"{spec['noverlap']}, nfft {spec['nfft']}, {spec['fmin_hz']}-{spec['fmax_hz']} Hz, "
         f"{spec['dynamic_range_db']} dB range per image, {spec['image_size']} px square, "
-        "low frequencies at the bottom row",
+        "low frequencies at the bottom row", f"- image channels: {_channels(meta)}",
         "", "## Training data", "", *_data(meta),
         "", "## Protocol", "", *_protocol(meta),
     ]

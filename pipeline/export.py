@@ -38,6 +38,7 @@ import timm
 import torch
 from pydantic import Field
 
+from data_prep.channels import describe, image_shape
 from data_prep.cli import run_main
 from data_prep.configs import load_label_map
 from data_prep.layout import (
@@ -50,7 +51,7 @@ from data_prep.layout import (
     sha256_file,
 )
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
-from data_prep.stft import ImageParams, image_meta
+from data_prep.stft import ImageParams
 from data_prep.windows import SegmentParams
 from pipeline import bundle, provenance, run_tracking
 from pipeline.data import rhythm_matrix as data_rhythm
@@ -165,7 +166,7 @@ def recorded_preprocessing(segments: Path, spectrograms: Path
                          f"(written by an older version); {fix}")
     seg = SegmentParams.model_validate(seg_meta["params"])
     image = ImageParams.model_validate(spec_meta["params"])
-    described = image_meta(image, float(spec_meta["fs"]), int(spec_meta["window_samples"]))
+    described = describe(image, float(spec_meta["fs"]), int(spec_meta["window_samples"]))
     if differ := sorted(k for k, v in described.items() if spec_meta.get(k) != v):
         raise ValueError(f"{spectrograms / META}: {differ} differ from what its recorded params "
                          f"give; the images come from other params; {fix}")
@@ -199,14 +200,14 @@ def _metadata(name: str, resolved: dict, seg: SegmentParams, image: ImageParams,
     offset, length, _ = seg.geometry()
     labels = load_label_map(Path(seg.label_map))
     return {
-        "bundle_format": bundle.BUNDLE_FORMAT, "name": name,
+        "bundle_format": bundle.format_for(image.image), "name": name,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "classes": list(resolved["classes"]),
         "label_map": {"source": seg.label_map, **labels.model_dump()},
         "model": {"file": bundle.MODEL_ONNX, "sha256": sha256_file(model_file), "format": "onnx",
                   "opset": opset, "backbone": resolved["backbone"], "freeze": resolved["freeze"],
                   "input": {"name": bundle.INPUT_NAME, "dtype": "uint8",
-                            "shape": ["batch", image.image_size, image.image_size]},
+                            "shape": ["batch", *image_shape(image)]},
                   "rr_input": {"name": bundle.RR_NAME, "dtype": "float32",
                                "shape": ["batch", len(rhythm_names(resolved))],
                                "features": rhythm_names(resolved)},
@@ -220,7 +221,7 @@ def _metadata(name: str, resolved: dict, seg: SegmentParams, image: ImageParams,
             "signal_quality": quality,
             "window": {"fs": seg.target_fs, "offset_samples": offset, "window_samples": length},
             "rhythm": rhythm,
-            "spectrogram": image.model_dump(mode="json"),
+            "spectrogram": image.recorded(),
             "image": described,
             "model_input": resolved["preprocessing"]},
         "metrics": {"source": str(reports / METRICS),

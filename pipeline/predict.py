@@ -35,11 +35,12 @@ import onnxruntime as ort
 import pandas as pd
 
 from data_prep import rhythm, signals, wfdb_io
+from data_prep.channels import kind_images
 from data_prep.cli import DEBUG_FLAG, run_main
 from data_prep.configs import LabelMap, resolve_annotator
 from data_prep.layout import list_records
 from data_prep.rhythm import RhythmParams
-from data_prep.stft import ImageParams, spectrogram_images
+from data_prep.stft import ImageParams
 from data_prep.windows import SegmentParams, cut_beats, cut_fixed, flat_windows
 from pipeline import record_level
 from pipeline.bundle import read_bundle_json
@@ -81,8 +82,8 @@ class Bundle:
         return list(self.meta["model"].get("rr_input", {}).get("features", []))
 
     def predict_images(self, images: np.ndarray, rr: np.ndarray | None = None) -> np.ndarray:
-        """Softmax probabilities (n, K) of uint8 spectrograms (n, S, S) as the stage makes them
-        and their rhythm features (n, F) as `data_prep.rhythm` computes them."""
+        """Softmax probabilities (n, K) of uint8 images (n, S, S) or (n, 3, S, S) as the stage
+        makes them (`data_prep.channels`) and rhythm features (n, F) as `data_prep.rhythm` does."""
         rr = np.zeros((len(images), 0), np.float32) if rr is None else rr
         return run_probs(self.session, images, rr, len(self.classes))
 
@@ -241,7 +242,7 @@ class Bundle:
         probs = np.full((len(status), len(self.classes)), np.nan, dtype=np.float32)
         good = status == "ok"
         if good.any():
-            images = spectrogram_images(windows[~flat], seg.target_fs, self.spectrogram)
+            images = kind_images([windows[~flat]], seg.target_fs, self.spectrogram)
             probs[good] = self.predict_images(images, rr[good])
         symbols = np.asarray(symbols if symbols is not None else [""] * len(status), dtype=str)
         table = pd.DataFrame({

@@ -50,6 +50,7 @@ from pipeline.engine import EpochCallback, FitConfig
 from pipeline.fusion import uses_image, uses_rr
 from pipeline.run_folder import CHECKPOINT, FEATURE_STORE, HISTORY, METRICS, MODEL, RESOLVED
 from pipeline.train_params import FreezeMode, TrainParams
+from pipeline.transforms import check_channels
 from pipeline.weights import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ def run(
     if tracking_params is not None:  # a down server must fail now, not after hours of training
         run_tracking.check_tracking_server()
     meta = data.read_meta(spectrograms)
+    if uses_image(params.inputs):  # before any model is built or feature computed
+        check_channels(params.channels, int(meta.get("channels", 1)), spectrograms / META)
     classes = list(meta["classes"])
     frame = data.load_split_index(spectrograms, splits, classes)
     frame = data.cap_per_class(frame, params.max_per_class, params.seed)

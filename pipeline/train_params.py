@@ -29,7 +29,7 @@ class TrainParams(StrictModel):
     weights_dir: str | None = None
     trainable_groups: int = Field(ge=1)
     pre_logits: Literal["frozen", "trainable"]
-    channels: Literal["grey3", "in_chans1"]
+    channels: Literal["grey3", "in_chans1", "image3"]
     optimizer: Literal["adamw", "sgd"]
     lr: dict[FreezeMode, float]
     layer_decay: float | None = Field(gt=0, le=1)

@@ -19,12 +19,18 @@ DB, RUN = "synth", "test_resnet-frozen"
 SPLITS = {"r1": "train", "r2": "val", "r3": "test"}
 
 
-def stage_params() -> dict:
-    """The repository's params with small, fast overrides for the synthetic records."""
+def stage_params(image: str = "grey") -> dict:
+    """The repository's params with small, fast overrides for the synthetic records, making
+    images of kind `image` (`data_prep.channels`; two_lead keeps the records' second lead)."""
     data = committed_params()
     data["segment"] |= {"label_map": str(REPO / "configs/labels/aami.yaml"),
                         "max_skip_fraction": 0.5}
-    data["spectrogram"] |= {"image_size": 32, "workers": 1, "preview_per_class": 2}
+    if image == "two_lead":
+        data["segment"]["second_leads"] = ["V1"]
+    data["spectrogram"] |= {"image_size": 32, "workers": 1, "preview_per_class": 2,
+                            "image": image}
+    if image != "grey":
+        data["train"]["channels"] = "image3"
     data["export"] |= {"register_model": False}
     return data
 
@@ -38,14 +44,14 @@ def _beats(fs: float, seconds: float, seed: int) -> tuple[np.ndarray, list[str]]
     return beats, symbols
 
 
-def build_pipeline(root: Path) -> dict[str, Path]:
+def build_pipeline(root: Path, image: str = "grey") -> dict[str, Path]:
     """segment -> spectrogram -> (assignment) -> train -> evaluate -> export, in `root`."""
     raw = root / "raw" / DB
     for i, record in enumerate(SPLITS):
         beats, symbols = _beats(360, 40.0, i)
         write_record(raw, record, fs=360, seconds=40.0, beats=beats, symbols=symbols)
     write_records_file(raw, list(SPLITS))
-    data = stage_params()
+    data = stage_params(image)
     (root / "params.yaml").write_text(yaml.safe_dump(data))
     paths = {name: root / name for name in ("segments", "spectrograms", "splits", "reports")}
     paths |= {"raw": raw, "params": root / "params.yaml", "model": root / "models" / RUN,

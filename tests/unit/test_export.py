@@ -32,7 +32,7 @@ def test_run_writes_a_complete_bundle(built):
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [bundle.BUNDLE_JSON, bundle.MODEL_ONNX, bundle.MODEL_CARD])
     meta = json.loads((folder / bundle.BUNDLE_JSON).read_text())
-    assert meta["bundle_format"] == bundle.BUNDLE_FORMAT
+    assert meta["bundle_format"] == bundle.format_for("grey") == 2  # grey bundles: as before
     assert meta["classes"] == ["N", "S", "V", "F", "Q"]
     assert meta["label_map"]["map"]["V"] == "V" and "+" in meta["label_map"]["ignore"]
     pre = meta["preprocessing"]
@@ -141,8 +141,8 @@ def test_export_ignores_params_yaml_preprocessing():
 def test_bundle_format_check(built, tmp_path):
     folder = tmp_path / "b"
     shutil.copytree(built["bundle"], folder)
+    assert bundle.read_bundle_json(folder)["bundle_format"] == bundle.format_for("grey")
     current = bundle.BUNDLE_FORMAT
-    assert bundle.read_bundle_json(folder)["bundle_format"] == current
     meta = json.loads((folder / bundle.BUNDLE_JSON).read_text())
     (folder / bundle.BUNDLE_JSON).write_text(json.dumps({**meta, "bundle_format": current + 1}))
     with pytest.raises(bundle.BundleFormatError,
