@@ -120,6 +120,21 @@ def beat_features(times_s: np.ndarray, params: RhythmParams) -> tuple[np.ndarray
     return feats.astype(np.float32), status
 
 
+def mapped_beat_features(times_s: np.ndarray, mapped: np.ndarray,
+                         params: RhythmParams) -> np.ndarray:
+    """Per beat (any order) its features as the segment stage computes them: from the beats in
+    the label map (`mapped`) only, as the stage drops the others before computing; the beats
+    outside it (which the stage never keeps) get features from all beats."""
+    t = np.asarray(times_s, dtype=np.float64)
+    order = np.argsort(t, kind="stable")
+    feats = np.zeros((t.size, len(BEAT_FEATURES)), np.float32)
+    if not mapped.all():
+        feats[order] = beat_features(t[order], params)[0]
+    sub = order[mapped[order]]
+    feats[sub] = beat_features(t[sub], params)[0]
+    return feats
+
+
 def window_features(times_s: np.ndarray, starts_s: np.ndarray, length_s: float,
                     params: RhythmParams) -> tuple[np.ndarray, np.ndarray]:
     """RR statistics of fixed windows [start, start + length) from the record's beat times.

@@ -4,6 +4,8 @@ Reads   <raw>/<dataset.name>/ (the records its RECORDS file lists), the label ma
         (segment.label_map), configs/databases/<name>.yaml when it exists (excluded records,
         annotator) and, in record mode, the reference CSV ("record,label").
 Writes  <out>/shards/<record>.npy  float32 (n, L) windows at segment.target_fs
+        <out>/second_lead/shards/<record>.npy  the same windows of the record's second lead,
+                                   with segment.second_leads (`data_prep.second_lead`)
         <out>/index.csv            record,row,sample,label,symbol
         <out>/meta.json            database, label_mode, classes, fs, window/offset samples, leads,
                                    params (annotator resolved), signal_quality (the flat rule)
@@ -36,7 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data_prep import layout, rhythm, signals, wfdb_io
+from data_prep import layout, rhythm, second_lead, signals, wfdb_io
 from data_prep.candidates import (
     RecordSkip,
     Segments,
@@ -88,6 +90,8 @@ class RecordResult:
     record: str
     segments: Segments | None = None
     lead: str | None = None
+    second: str | None = None  # the second lead's name (segment.second_leads)
+    duplicated: bool = False  # no second lead: the first lead stands in (second_lead_missing)
     fell_back: bool = False
     header_dropped: tuple[str, ...] = ()
     skip: RecordSkip | None = None
@@ -180,7 +184,10 @@ def process_record(ctx: Context, record: str) -> RecordResult:
             raise RecordSkip("missing_lead", seg.sample.size, f"record {record} has leads "
                              f"{list(header.sig_names)}, none of segment.leads; {fix}")
         result.lead = header.sig_names[channel]
-        windows = _windows(ctx, record, header, seg, channel)
+        windows = second = _windows(ctx, record, header, seg, channel)
+        if ctx.params.second_leads:
+            windows, second, result.second, result.duplicated = second_lead.segment_windows(
+                ctx.params, ctx.record_dir, header, channel, seg, windows)
     except RecordSkip as skip:
         log.warning("record %s skipped (%s)", record, skip)
         result.skip = skip
@@ -189,6 +196,8 @@ def process_record(ctx: Context, record: str) -> RecordResult:
         raise RuntimeError(f"record {record}: unexpected {type(err).__name__}: {err}") from err
     if windows.shape[0]:
         layout.save_shard(ctx.out_dir, record, windows)
+        if ctx.params.second_leads:
+            layout.save_shard(ctx.out_dir / layout.SECOND_LEAD, record, second)
         result.index = pd.DataFrame({"record": record, "row": np.arange(windows.shape[0]),
                                      "sample": seg.sample, "label": seg.label,
                                      "symbol": seg.symbol,
@@ -213,7 +222,8 @@ def _clear(out_dir: Path) -> None:
     """Removes a previous run's outputs so that a failed run leaves no stale index or shard."""
     for name in (layout.INDEX, layout.META, layout.SUMMARY):
         (out_dir / name).unlink(missing_ok=True)
-    for shard in (out_dir / layout.SHARDS).glob("**/*.npy"):
+    for shard in [*(out_dir / layout.SHARDS).glob("**/*.npy"),
+                  *(out_dir / layout.SECOND_LEAD).glob("**/*.npy")]:
         shard.unlink()
 
 
@@ -262,9 +272,11 @@ def run(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path, *,
         "database": database, "label_mode": params.label_mode, "classes": ctx.labels.classes,
         "fs": params.target_fs, "window_samples": length, "offset_samples": offset,
         "leads": {r.record: r.lead for r in results if r.index is not None},
+        **({layout.SECOND_LEAD: {r.record: r.second for r in results if r.index is not None}}
+           if params.second_leads else {}),
         # the annotator as resolved (params, database config or default): export and predict
         # read what the stage did from here, never from params.yaml
-        "params": params.model_copy(update={"annotator": ctx.annotator}).model_dump(mode="json"),
+        "params": params.model_copy(update={"annotator": ctx.annotator}).recorded(),
         "signal_quality": signal_quality(),
         "rhythm": rhythm.describe(params.label_mode, params.rhythm),
     })

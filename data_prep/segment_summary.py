@@ -52,10 +52,20 @@ def summarise(results: list[Any], excluded: dict[str, str], labels: LabelMap,
         # kept, with a defined stand-in value for an interval that could not be measured
         "rhythm_fallbacks": dict(rr_status.most_common()),
         "lead_fallbacks": {r.record: r.lead for r in results if r.fell_back and r.lead},
+        **({"second_lead": _second_lead(results)} if params.second_leads else {}),
         "tolerated_headers": {r.record: list(r.header_dropped) for r in results
                               if r.header_dropped},
         "per_record": per_record,
     }
+
+
+def _second_lead(results: list[Any]) -> dict:
+    """Two-lead segments: records whose first lead stood in for a missing second lead, and
+    the second lead each record used (`data_prep.second_lead`)."""
+    used = [r for r in results if r.index is not None]
+    duplicated = sorted(r.record for r in used if r.duplicated)
+    return {"duplicated": duplicated, "n_duplicated": len(duplicated),
+            "leads": dict(Counter(r.second for r in used if not r.duplicated).most_common())}
 
 
 def check_skips(summary: dict, path: Path) -> None:

@@ -42,6 +42,9 @@ class SegmentParams(StrictModel):
     max_skip_fraction: float = Field(ge=0.0, le=1.0)
     tolerant_headers: bool = False
     rhythm: RhythmParams
+    # two-lead images (data_prep.second_lead): [] keeps one lead, as before
+    second_leads: list[str] = Field(default_factory=list)
+    second_lead_missing: Literal["duplicate", "skip"] = "duplicate"
 
     @model_validator(mode="after")
     def _consistent(self) -> SegmentParams:
@@ -53,6 +56,12 @@ class SegmentParams(StrictModel):
         if self.label_mode == "record" and not self.reference_csv:
             raise ValueError("label_mode 'record' needs reference_csv (a 'record,label' CSV)")
         return self
+
+    def recorded(self) -> dict:
+        """The params as meta.json and bundles record them (one lead: without the second-lead
+        keys, so a one-lead meta.json is the same as before they existed)."""
+        skip = set() if self.second_leads else {"second_leads", "second_lead_missing"}
+        return self.model_dump(mode="json", exclude=skip)
 
     def geometry(self) -> tuple[int, int, int]:
         """(offset, length, stride) of the windows, in samples at target_fs."""

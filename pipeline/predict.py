@@ -15,7 +15,10 @@ record's own rate), time_s, beat_source, symbol and label (reference annotation,
 status, note, pred and prob_<class>. Rows whose status is not "ok" carry no prediction:
 record_edge / annotation_past_end (window leaves the record), nan_samples, flat (lead off or
 saturated), and record-level rows (shorter_than_window, no_beats, all_nan, signal_error,
-record_error). Each is also logged as a warning.
+record_error). Each is also logged as a warning. Two-lead bundles (spectrogram.image two_lead)
+also read the record's second lead as the segment stage chose it (`data_prep.second_lead`):
+rows whose second lead is NaN or flat say "second lead" in the note column; a record without
+one is a missing_second_lead row or, as the bundle was trained, uses its first lead twice.
 
 Run: python -m pipeline.predict --bundle models/export/<run> RECORD_OR_FOLDER... --out p.csv
 A bad record is a record_error row, never the end of the run; the CSV is always written and the
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,21 +37,22 @@ import onnxruntime as ort
 import pandas as pd
 
 from data_prep import rhythm, signals, wfdb_io
-from data_prep.channels import kind_images
+from data_prep.channels import kind_images, leads_needed
 from data_prep.cli import DEBUG_FLAG, run_main
 from data_prep.configs import LabelMap, resolve_annotator
 from data_prep.layout import list_records
 from data_prep.rhythm import RhythmParams
+from data_prep.second_lead import MISSING, both_leads
 from data_prep.stft import ImageParams
 from data_prep.windows import SegmentParams, cut_beats, cut_fixed, flat_windows
-from pipeline import record_level
+from pipeline import predict_records, predict_table, record_level
 from pipeline.bundle import read_bundle_json
 from pipeline.onnx_runner import onnx_session, run_probs
 
 log = logging.getLogger(__name__)
 
 BUNDLE_ANNOTATOR = "bundle"  # predict_record default: the annotator the bundle was trained with
-BASE = ("record", "sample", "time_s", "beat_source", "symbol", "label", "status", "note", "pred")
+BASE = predict_table.BASE
 
 
 @dataclass
@@ -69,7 +72,7 @@ class Bundle:
 
     @property
     def columns(self) -> list[str]:
-        return [*BASE, *(f"prob_{c}" for c in self.classes)]
+        return predict_table.columns(self.classes)
 
     def per_record(self, table: pd.DataFrame) -> pd.DataFrame:
         """Record and rhythm modes: one row per record from its classified windows, by
@@ -101,18 +104,13 @@ class Bundle:
             return rhythm.window_features(np.sort(t), starts / fs_out, length / fs_out, params)[0]
         mapped = (np.ones(t.size, bool) if symbols is None
                   else np.isin(symbols, list(self.labels.map)))
-        order = np.argsort(t, kind="stable")
-        feats = np.zeros((t.size, len(rhythm.BEAT_FEATURES)), np.float32)
-        if not mapped.all():  # beats outside the map: from all beats (the stage drops them)
-            feats[order] = rhythm.beat_features(t[order], params)[0]
-        sub = order[mapped[order]]
-        feats[sub] = rhythm.beat_features(t[sub], params)[0]  # as the stage: mapped beats only
-        return feats
+        return rhythm.mapped_beat_features(t, mapped, params)
 
     def predict_signal(self, signal: np.ndarray, fs: float, beats: np.ndarray | None = None,
-                       *, record: str = "signal", symbols: np.ndarray | None = None
+                       *, record: str = "signal", symbols: np.ndarray | None = None,
+                       second: np.ndarray | None = None, second_fs: float | None = None
                        ) -> pd.DataFrame:
-        """Classifies one in-memory lead.
+        """Classifies one in-memory lead (and, for two_lead bundles, its second lead).
 
         Args:
             signal: 1-D lead in physical units (mV for mitdb-like records); NaN where invalid.
@@ -120,6 +118,9 @@ class Bundle:
             beats: beat samples at `fs`; None runs the XQRS detector (beat bundles only).
             record: the name written in the record column.
             symbols: annotation symbol of each beat, for the symbol/label columns.
+            second: two_lead bundles: the second lead (as `signal`); None applies the bundle's
+                segment.second_lead_missing (`data_prep.second_lead`).
+            second_fs: its sampling rate (default `fs`).
         """
         x = np.asarray(signal, dtype=np.float64)
         if x.ndim != 1:
@@ -133,13 +134,17 @@ class Bundle:
         source = "annotation" if beats is not None else "detector"
         if self.segment.label_mode == "beat" and beats is None:
             beats = wfdb_io.detect_qrs(signals.fill_nan(x)[0], fs)
+        two = leads_needed(self.spectrogram) > 1
+        if two and second is None and self.segment.second_lead_missing == "skip":
+            return self._problem(record, MISSING, "no second lead (the bundle skips such records)")
         try:
-            table = self._cut(x, fs, beats, record, source, symbols)
+            table = self._cut(x, fs, beats, record, source, symbols,
+                              None if second is None else (second, second_fs or fs))
         except ValueError as err:  # conditioning failed, e.g. shorter than the filter padding
             return self._problem(record, "signal_error", str(err))
         if table.empty:
             return self._problem(record, "no_beats", f"no beat in {x.size / fs:.1f} s of signal")
-        return self._report(table)
+        return predict_table.finish(table, self.classes, self.segment.label_mode)
 
     def predict_record(self, record_path: str | Path, annotator: str | None = BUNDLE_ANNOTATOR,
                        lead: str | None = None) -> pd.DataFrame:
@@ -170,10 +175,17 @@ class Bundle:
         fs = header.signal_fs(channel)  # the lead's own rate: it may hold several per frame
         beats = symbols = None
         if self.segment.label_mode == "beat":
-            beats, symbols = self._annotated_beats(folder, name, annotator)
+            ext = (resolve_annotator(self.segment.annotator) if annotator == BUNDLE_ANNOTATOR
+                   else annotator)
+            beats, symbols = predict_records.annotated_beats(folder, name, ext,
+                                                             self.labels.ignore, tolerant)
         if beats is not None:  # annotations count frames
             beats = signals.map_samples(beats, header.fs, fs)
-        return self.predict_signal(x, fs, beats, record=name, symbols=symbols)
+        x2, fs2 = (predict_records.second_lead(folder, header, channel,
+                                               self.segment.second_leads, tolerant)
+                   if leads_needed(self.spectrogram) > 1 else (None, None))
+        return self.predict_signal(x, fs, beats, record=name, symbols=symbols, second=x2,
+                                   second_fs=fs2)
 
     def predict_folder(self, folder: str | Path, annotator: str | None = BUNDLE_ANNOTATOR,
                        lead: str | None = None) -> pd.DataFrame:
@@ -201,28 +213,9 @@ class Bundle:
 
     # ------------------------------------------------------------------------- internals
 
-    def _annotated_beats(self, folder: Path, name: str, annotator: str | None
-                         ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Beats from annotations (symbols not in the label map's ignore list), or None."""
-        bundle_ext = resolve_annotator(self.segment.annotator)
-        ext = bundle_ext if annotator == BUNDLE_ANNOTATOR else annotator
-        if ext is None or not (folder / f"{name}.{ext}").is_file():
-            log.info("record %s: no .%s annotations; detecting beats (XQRS)", name, ext)
-            return None, None
-        try:
-            ann = wfdb_io.read_annotations(folder, name, ext,
-                                           tolerant=self.segment.tolerant_headers)
-        except ValueError as err:
-            raise ValueError(f"{err}; or pass annotator=None (CLI --annotator none) to detect "
-                             "beats instead") from None
-        beat = ~np.isin(ann.symbol, self.labels.ignore)
-        if not beat.any():
-            log.warning("record %s: .%s holds no beat annotation; detecting beats", name, ext)
-            return None, None
-        return ann.sample[beat], ann.symbol[beat]
-
     def _cut(self, x: np.ndarray, fs: float, beats: np.ndarray | None, record: str,
-             source: str, symbols: np.ndarray | None) -> pd.DataFrame:
+             source: str, symbols: np.ndarray | None,
+             second: tuple[np.ndarray, float] | None = None) -> pd.DataFrame:
         """Windows as the segment stage cuts them, images, ONNX; one row per beat/window."""
         seg = self.segment
         offset, length, _ = seg.geometry()
@@ -238,17 +231,23 @@ class Bundle:
         ok = np.flatnonzero(status == "")
         flat = flat_windows(x, fs, starts[ok], length, seg.target_fs)
         status[ok[flat]] = "flat"
+        leads, note = [windows[~flat]], np.full(len(status), "", dtype=object)
+        if leads_needed(self.spectrogram) > 1:  # as the stage: rows bad in it are left out
+            rows = ok[~flat]
+            leads, status[rows] = both_leads(leads[0], starts[rows], second, seg)
+            note[rows[status[rows] != ""]] = "second lead"
+            note[note == ""] = "no second lead: first lead duplicated" if second is None else ""
         status[status == ""] = "ok"
         probs = np.full((len(status), len(self.classes)), np.nan, dtype=np.float32)
         good = status == "ok"
         if good.any():
-            images = kind_images([windows[~flat]], seg.target_fs, self.spectrogram)
+            images = kind_images(leads, seg.target_fs, self.spectrogram)
             probs[good] = self.predict_images(images, rr[good])
         symbols = np.asarray(symbols if symbols is not None else [""] * len(status), dtype=str)
         table = pd.DataFrame({
             "record": record, "sample": sample, "time_s": sample / fs, "beat_source": source,
             "symbol": symbols, "label": [self.labels.map.get(s, "") for s in symbols],
-            "status": status.astype(str), "note": "",
+            "status": status.astype(str), "note": note.astype(str),
             "pred": np.where(good, np.asarray(self.classes)[np.nan_to_num(probs).argmax(1)], ""),
             **{f"prob_{c}": probs[:, i] for i, c in enumerate(self.classes)}})
         return table
@@ -260,21 +259,8 @@ class Bundle:
             return np.asarray(beats if beats is not None else [], dtype=np.int64)
         return wfdb_io.detect_qrs(signals.fill_nan(x)[0], fs)
 
-    def _report(self, table: pd.DataFrame) -> pd.DataFrame:
-        bad = Counter(table.loc[table["status"] != "ok", "status"])
-        if bad:
-            log.warning("record %s: %d of %d %s not classified (%s)", table["record"].iat[0],
-                        sum(bad.values()), len(table), "beats" if self.segment.label_mode ==
-                        "beat" else "windows", ", ".join(f"{k}: {n}" for k, n in bad.items()))
-        return table.astype({"sample": "Int64"})[self.columns]
-
     def _problem(self, record: str, status: str, note: str) -> pd.DataFrame:
-        """One record-level row: nothing of this record was classified."""
-        log.warning("record %s not classified (%s): %s", record, status, note)
-        row = {c: "" for c in BASE} | {"record": record, "status": status, "note": note,
-                                       "sample": pd.NA, "time_s": np.nan}
-        row |= {f"prob_{c}": np.float32(np.nan) for c in self.classes}
-        return pd.DataFrame([row]).astype({"sample": "Int64"})[self.columns]
+        return predict_table.problem(record, status, note, self.classes)
 
     def _window_s(self) -> float:
         return self.segment.geometry()[1] / self.segment.target_fs
