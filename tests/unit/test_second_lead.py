@@ -9,13 +9,17 @@ import pytest
 from data_prep import layout, segment, wfdb_io
 from data_prep.second_lead import choose_second, cut_second
 from data_prep.windows import condition_and_cut
-from tests.unit.test_segment import make_db, make_params
+from tests.helpers import segment_params as make_params
+from tests.synthetic import ecg_like, write_record, write_records_file
 
 FS = 360
 
 
 def run(tmp_path, records: dict[str, dict], **overrides):
-    raw = make_db(tmp_path, records)
+    raw = tmp_path / "raw"
+    for record, kwargs in records.items():
+        write_record(raw / "synth", record, **kwargs)
+    write_records_file(raw / "synth", list(records))
     params = make_params(**{"second_leads": ["V1", "V2"], "max_skip_fraction": 0.5, **overrides})
     summary = segment.run(params, "synth", raw, tmp_path / "seg", databases_dir=tmp_path,
                           workers=1)
@@ -69,7 +73,6 @@ def test_one_lead_record_is_skipped_and_counted_when_asked(tmp_path):
 def test_windows_bad_in_the_second_lead_leave_both_shards_and_are_counted(tmp_path):
     n = 30 * FS
     beats = np.arange(540, n, 288)
-    from tests.synthetic import ecg_like
     lead = ecg_like(n, FS, beats)
     second = lead * 0.5
     second[FS * 10:FS * 12] = np.nan  # a lead-off stretch in the second lead only

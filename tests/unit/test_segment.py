@@ -234,7 +234,7 @@ def test_run_writes_the_output_format(tmp_path: Path) -> None:
     assert meta == {"database": "synth", "label_mode": "beat", "classes": list("NSVFQ"),
                     "fs": 250, "window_samples": 625, "offset_samples": 313,
                     "leads": {"100": "MLII", "101": "MLII"},
-                    "params": params.model_dump(mode="json"), "signal_quality": signal_quality(),
+                    "params": params.recorded(), "signal_quality": signal_quality(),
                     "rhythm": rhythm.describe("beat", params.rhythm)}
     assert summary["records"]["excluded"] == {"102": "paced"}
     assert summary["segments_kept"]["N"] == len(index) == summary["kept_total"]
