@@ -66,6 +66,12 @@ def macro_f1(targets: np.ndarray, logp: np.ndarray, select: list[int]) -> float:
                           zero_division=0))
 
 
+def class_f1(targets: np.ndarray, predicted: np.ndarray, select: list[int]) -> list[float]:
+    """F1 of each class of `select`, in that order (0 for a class never predicted nor held)."""
+    return [float(v) for v in f1_score(targets, predicted, labels=select, average=None,
+                                       zero_division=0)]
+
+
 def calibrate_bias(probs: np.ndarray, targets: np.ndarray, select: list[int],
                    rounds: int = 3) -> np.ndarray:
     """Per-class log-prior shifts (K,) that maximise macro-F1 over `select` on `probs`.

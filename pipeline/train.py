@@ -195,7 +195,8 @@ def _validate(setup: fitting.Setup, fits: list[fitting.FoldFit], trainval: pd.Da
     oof = cv.out_of_fold([f.fold for f in fits], [f.val_probs for f in fits], len(trainval))
     probs, targets = oof[rows], trainval["target"].to_numpy()[rows]
     result: dict = {"rows": int(rows.size),
-                    "macro_f1": cv.macro_f1(targets, np.log(np.clip(probs, 1e-12, 1)), select)}
+                    "macro_f1": cv.macro_f1(targets, np.log(np.clip(probs, 1e-12, 1)), select),
+                    "f1": cv.class_f1(targets, probs.argmax(1), select)}  # select_classes order
     # what a fitted class bias would add, measured on held-out patients: says whether to use it
     groups = trainval["subject" if "subject" in trainval else "record"].to_numpy()[rows]
     result["calibration_gain"] = cv.calibration_gain(probs, targets, groups, select)
