@@ -12,6 +12,9 @@ Writes:
     <out>/png/<class>/<record>_<sample>.png   one PNG per image, only if `export_png`
 
 Images come from the STFT core `data_prep.stft` (its docstring gives the image convention).
+Beat segments use the section's own STFT keys; the longer windows of rhythm and record modes use
+`spectrogram.windows` (segments meta.json `label_mode` says which). meta.json `params` holds the
+image params used (export copies them into the bundle for predict), `stft_keys` which keys.
 
 With `--splits`, only records that the split stage assigned to train, val or test get images
 (records it left out are logged and skipped).
