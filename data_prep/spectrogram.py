@@ -58,7 +58,7 @@ from data_prep.layout import (
 )
 from data_prep.params import DEFAULT_PARAMS, load_section
 from data_prep.preview import PREVIEW_SEED, write_pngs, write_previews
-from data_prep.stft import ImageParams, SpectrogramParams, image_meta, iter_images, plan
+from data_prep.stft import SpectrogramParams, image_meta, iter_images, plan
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class _Task:
     record: str
     segments: Path
     out: Path
-    params: ImageParams
+    params: SpectrogramParams
     fs: float
     png: tuple[tuple[str, int], ...] | None  # (label, sample) per shard row, if export_png
 
@@ -121,7 +121,7 @@ def _check_inputs(segments: Path, index: pd.DataFrame, seg_meta: dict) -> int:
     """Checks index, meta and shards agree; returns the segment length in samples."""
     if missing := [c for c in SEGMENT_COLUMNS if c not in index.columns]:
         raise ValueError(f"{segments / INDEX}: missing columns {missing}; re-run the segment stage")
-    if missing := [k for k in ("classes", "fs", "label_mode") if k not in seg_meta]:
+    if missing := [k for k in ("classes", "fs") if k not in seg_meta]:
         raise ValueError(f"{segments / META}: missing keys {missing}; re-run the segment stage")
     if index.empty:
         raise ValueError(f"{segments / INDEX}: no segments; check the segment stage summary")
@@ -147,14 +147,25 @@ def _stft_keys(label_mode: str) -> str:
     return "spectrogram" if label_mode == "beat" else "spectrogram.windows"
 
 
-def _warn_if_squeezed(frames: int, image: ImageParams, label_mode: str) -> None:
+def _label_mode(seg_meta: dict, segments: Path) -> str:
+    """The segments' label mode: it chooses the STFT keys (`SpectrogramParams.for_label_mode`)."""
+    mode = seg_meta.get("label_mode")
+    if mode not in ("beat", "rhythm", "record"):
+        raise ValueError(f"{segments / META}: label_mode {mode!r} is not beat, rhythm or record; "
+                         "re-run the segment stage")
+    return str(mode)
+
+
+def _warn_if_squeezed(params: SpectrogramParams, fs: float, n_samples: int,
+                      label_mode: str) -> None:
     """The resize reads two frames per column: with many more frames than columns, most frames
     (and a narrow QRS between two read frames) never reach the image."""
-    if frames > 2 * image.image_size:
+    frames, size = plan(params, fs, n_samples).frames, params.image_size
+    if frames > 2 * size:
         log.warning("%d STFT frames per %s window for %d image columns: most frames are skipped "
                     "by the resize; raise the hop (%s.nperseg - noverlap) to about %d samples",
-                    frames, label_mode, image.image_size, _stft_keys(label_mode),
-                    round(image.hop * frames / image.image_size))
+                    frames, label_mode, size, _stft_keys(label_mode),
+                    round(params.hop * frames / size))
 
 
 def assigned_only(index: pd.DataFrame, assignment: Path) -> pd.DataFrame:
@@ -169,20 +180,21 @@ def run(params: SpectrogramParams, segments: Path, out: Path,
         splits: Path | None = None) -> dict[str, Any]:
     """Writes the stage's shards, index, meta and previews (module docstring); returns meta."""
     seg_meta = read_json(segments / META)
+    label_mode = _label_mode(seg_meta, segments)
+    params = params.for_label_mode(label_mode)  # beat STFT keys, or spectrogram.windows
     index = read_index(segments / INDEX)
     if splits is not None:
         index = assigned_only(index, splits / ASSIGNMENT)
     n_samples = _check_inputs(segments, index, seg_meta)
     fs = float(seg_meta["fs"])
-    image = params.image_params(seg_meta["label_mode"])  # beat STFT, or spectrogram.windows
-    p = plan(image, fs, n_samples)  # fails on band/Nyquist before any worker starts
-    _warn_if_squeezed(p.frames, image, seg_meta["label_mode"])
+    p = plan(params, fs, n_samples)  # fails on band/Nyquist before any worker starts
+    _warn_if_squeezed(params, fs, n_samples, label_mode)
     if out.resolve() == segments.resolve():
         raise ValueError(f"--out {out} is the segments folder; pass another folder")
     for stale in (SHARDS, PREVIEW, PNG):  # a previous run's records must not linger
         shutil.rmtree(out / stale, ignore_errors=True)
     groups = {str(r): g.sort_values("row") for r, g in index.groupby("record", sort=False)}
-    tasks = [_Task(record, segments, out, image, fs,
+    tasks = [_Task(record, segments, out, params, fs,
                    tuple(zip(g["label"], g["sample"].astype(int), strict=True))
                    if params.export_png else None)
              for record, g in sorted(groups.items(), key=lambda kv: -len(kv[1]))]  # big first
@@ -193,14 +205,13 @@ def run(params: SpectrogramParams, segments: Path, out: Path,
     classes = [str(c) for c in seg_meta["classes"]]
     if unknown := sorted(set(index["label"]) - set(classes)):
         log.warning("labels %s not in meta.json classes %s: no preview", unknown, classes)
-    meta = {"classes": classes, **image_meta(image, fs, n_samples), "n_images": len(index),
+    meta = {"classes": classes, **image_meta(params, fs, n_samples), "n_images": len(index),
             "records": {r: len(g) for r, g in groups.items()},
             "preview": write_previews(out, PREVIEW, index, classes, (p.time_s, p.freq_hz),
                                       params.preview_per_class),
             "preview_seed": PREVIEW_SEED, "export_png": params.export_png,
-            "params": image.model_dump(mode="json"),
-            "stft_keys": _stft_keys(seg_meta["label_mode"]),
-            SEGMENTS_META: seg_meta}
+            "params": params.image_params().model_dump(mode="json"), SEGMENTS_META: seg_meta}
+    meta["stft_keys"] = _stft_keys(label_mode)  # which params.yaml keys made `params`
     write_json(out / META, meta)
     log.info("wrote %d images to %s", len(index), out)
     return meta

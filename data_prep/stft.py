@@ -89,19 +89,24 @@ class SpectrogramParams(ImageParams):
     @model_validator(mode="after")
     def _windows_consistent(self) -> SpectrogramParams:
         try:
-            self.image_params("record")
+            ImageParams.model_validate(self._image_keys() | self.windows.model_dump())
         except ValidationError as err:
             problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
             raise ValueError(f"windows: {problems}") from None
         return self
 
-    def image_params(self, label_mode: str = "beat") -> ImageParams:
-        """The params that make the images of `label_mode` segments: beat windows use the
-        section's own STFT keys; rhythm and record windows those of `windows`."""
-        keys = self.model_dump(include=set(ImageParams.model_fields))
-        if label_mode != "beat":
-            keys |= self.windows.model_dump()
-        return ImageParams.model_validate(keys)
+    def _image_keys(self) -> dict[str, Any]:
+        return self.model_dump(include=set(ImageParams.model_fields))
+
+    def image_params(self) -> ImageParams:
+        return ImageParams.model_validate(self._image_keys())
+
+    def for_label_mode(self, label_mode: str) -> SpectrogramParams:
+        """The section as it makes `label_mode` images: beat windows keep its own STFT keys;
+        rhythm and record windows take nperseg, noverlap and nfft from `windows`."""
+        if label_mode == "beat":
+            return self
+        return self.model_validate(self.model_dump() | self.windows.model_dump())
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import pytest
 
 from data_prep import layout, segment, spectrogram
 from data_prep.configs import load_label_map
-from data_prep.stft import ImageParams, SpectrogramParams, plan, spectrogram_images
+from data_prep.stft import ImageParams, SpectrogramParams, WindowSTFT, plan, spectrogram_images
 from pipeline.export import recorded_preprocessing
 from pipeline.predict import Bundle
 from tests.helpers import REPO, committed_params
@@ -30,6 +30,11 @@ BEAT_CORE_SHA = "6946bd92cf4557ef0f0ede114059ad8c8a176272015edae7a02a3633767c9ee
 def committed() -> SpectrogramParams:
     return SpectrogramParams.model_validate(
         committed_params()["spectrogram"] | {"workers": 1, "preview_per_class": 1})
+
+
+def window_image(params: SpectrogramParams) -> ImageParams:
+    """The image params of 10 s rhythm/record windows."""
+    return params.for_label_mode("record").image_params()
 
 
 def beat_segments() -> np.ndarray:
@@ -55,7 +60,7 @@ def sha(images: np.ndarray) -> str:
 
 def test_beat_images_are_byte_identical_to_before(tmp_path: Path) -> None:
     params = committed()
-    assert params.image_params("beat") == params.image_params() == BEAT
+    assert params.for_label_mode("beat").image_params() == params.image_params() == BEAT
     assert sha(spectrogram_images(beat_segments(), FS, BEAT)) == BEAT_CORE_SHA
     meta = spectrogram.run(params, write_segments(tmp_path / "seg", beat_segments(), "beat"),
                            tmp_path / "spec")
@@ -67,7 +72,8 @@ def test_beat_images_are_byte_identical_to_before(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", ["rhythm", "record"])
 def test_ten_second_windows_get_about_one_frame_per_column(mode: str) -> None:
     params = committed()
-    image, length = params.image_params(mode), 2500  # segment.window_s 10 s at 250 Hz
+    image = params.for_label_mode(mode).image_params()
+    length = 2500  # segment.window_s 10 s at 250 Hz
     assert (image.nperseg, image.hop, image.nfft) == (64, 11, 256)
     assert {k: v for k, v in image.model_dump().items() if k not in ("nperseg", "noverlap")} \
         == {k: v for k, v in BEAT.model_dump().items() if k not in ("nperseg", "noverlap")}
@@ -85,9 +91,9 @@ def test_window_mode_stage_uses_and_records_the_window_stft(tmp_path: Path) -> N
     meta = spectrogram.run(params, write_segments(tmp_path / "seg", shard, "record"),
                            tmp_path / "spec")
     images = layout.load_shard(tmp_path / "spec", "r1", mmap=False)
-    assert np.array_equal(images, spectrogram_images(shard, FS, params.image_params("record")))
+    assert np.array_equal(images, spectrogram_images(shard, FS, window_image(params)))
     assert meta["stft_keys"] == "spectrogram.windows"
-    assert ImageParams.model_validate(meta["params"]) == params.image_params("record")
+    assert ImageParams.model_validate(meta["params"]) == window_image(params)
     assert meta["stft"]["frames"] == 222 and meta["stft"]["hop"] == 11
     first, last = meta["time_s"]["first_column"], meta["time_s"]["last_column"]
     for image, at in zip(images, (2.0, 5.0, 8.0), strict=True):
@@ -127,7 +133,7 @@ def test_predict_in_record_mode_makes_the_stage_images(tmp_path: Path, monkeypat
                 tmp_path / "raw", seg_dir, databases_dir=tmp_path, workers=1)
     spectrogram.run(committed(), seg_dir, spec_dir)
     seg, image, _, _ = recorded_preprocessing(seg_dir, spec_dir)
-    assert image == committed().image_params("record")
+    assert image == window_image(committed())
     labels = load_label_map(Path(seg.label_map))
     meta = {"classes": labels.classes, "model": {"rr_input": {"features": []}}}
     bundle = Bundle(tmp_path, meta, seg, image, labels, session=None)
@@ -146,3 +152,20 @@ def test_predict_in_record_mode_makes_the_stage_images(tmp_path: Path, monkeypat
         assert table["sample"].tolist() == [round(s * 128 / 250) for s in rows["sample"]]
         stage = layout.load_shard(spec_dir, name, mmap=False)[rows["row"].to_numpy()]
         assert len(stage) == 3 and np.array_equal(np.concatenate(seen), stage)
+
+
+def test_squeezed_frames_are_warned_and_an_unknown_label_mode_fails(tmp_path: Path,
+                                                                      caplog) -> None:
+    shard = np.random.default_rng(1).standard_normal((2, 2500)).astype(np.float32)
+    segments = write_segments(tmp_path / "seg", shard, "rhythm")
+    as_beats = committed().model_copy(update={"windows": WindowSTFT(nperseg=32, noverlap=29,
+                                                                    nfft=256)})
+    with caplog.at_level("WARNING", logger="data_prep.spectrogram"):
+        meta = spectrogram.run(as_beats, segments, tmp_path / "spec")
+    assert meta["stft"]["frames"] == 824
+    assert "824 STFT frames per rhythm window for 224 image columns" in caplog.text
+    assert "spectrogram.windows.nperseg - noverlap) to about 11 samples" in caplog.text
+    meta_path = segments / layout.META
+    layout.write_json(meta_path, layout.read_json(meta_path) | {"label_mode": "beats"})
+    with pytest.raises(ValueError, match=r"meta.json: label_mode 'beats' is not beat"):
+        spectrogram.run(committed(), segments, tmp_path / "spec")
