@@ -1,0 +1,192 @@
+"""Cross-database evaluation: the tiny pipeline's bundle (trained on 360 Hz "synth" records with
+MLII) scored on a second synthetic database at 128 Hz whose leads are named CM5/ECG2."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from data_prep import layout
+from pipeline import cross_evaluate, cross_reference
+from pipeline.report_folder import DETAILS, HEADLINE, METRICS, PREDICTIONS
+from tests.synthetic import write_record, write_records_file
+
+DB, FS, SECONDS = "otherdb", 128, 60.0
+CONFIG = {
+    "name": DB, "annotator": "atr", "leads": ["ECG2"], "label_modes": ["beat"],
+    "exclude": {"s4": "paced"}, "subjects": {"s1": "p1", "s2": "p1"},
+    "default_split": "cross",
+    "splits": {"cross": {"trainval": ["s5", "s6"], "test": ["s1", "s2", "s3", "s4"]}},
+}
+
+
+def _beats(seed: int) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    times = np.cumsum(rng.uniform(0.6, 1.0, int(SECONDS)))
+    beats = np.round(times[times < SECONDS - 0.2] * FS).astype(np.int64)
+    symbols = rng.choice(["N", "N", "N", "V", "A"], beats.size)
+    symbols[5::25] = "F"  # a few fusion beats: a class with a tiny support
+    return beats, symbols.tolist()
+
+
+@pytest.fixture
+def second_db(tmp_path: Path) -> dict:
+    """<tmp>/mirror/otherdb/ (s1, s2, s6 annotated; s3 without a known lead; s4 excluded; s5
+    without annotations) and <tmp>/configs/otherdb.yaml."""
+    folder = tmp_path / "mirror" / DB
+    beats = {}
+    for i, record in enumerate(["s1", "s2", "s6", "s4"]):
+        beats[record], symbols = _beats(i)
+        write_record(folder, record, fs=FS, seconds=SECONDS, sig_names=("CM5", "ECG2"),
+                     beats=beats[record], symbols=symbols)
+    write_record(folder, "s3", fs=FS, seconds=SECONDS, sig_names=("X1", "X2"))
+    write_record(folder, "s5", fs=FS, seconds=SECONDS, sig_names=("ECG2",), annotate=False)
+    write_records_file(folder, ["s1", "s2", "s3", "s4", "s5", "s6"])
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / f"{DB}.yaml").write_text(yaml.safe_dump(CONFIG))
+    return {"mirror": tmp_path / "mirror", "configs": configs, "beats": beats, "root": tmp_path}
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _hand_metrics(predictions: pd.DataFrame) -> dict:
+    """Se, +P and F1 per class and the N/S/V/F macro-F1, counted by hand (NaN: undefined)."""
+    out, f1s = {}, []
+    for name in ("N", "S", "V", "F", "Q"):
+        truth, pred = predictions["label"] == name, predictions["pred"] == name
+        tp, fp, fn = (truth & pred).sum(), (~truth & pred).sum(), (truth & ~pred).sum()
+        ratio = lambda a, b: a / b if b else math.nan  # noqa: E731
+        out[name] = {"se": ratio(tp, tp + fn), "ppv": ratio(tp, tp + fp),
+                     "f1": ratio(2 * tp, 2 * tp + fp + fn), "support": int(truth.sum())}
+        if name != "Q" and not math.isnan(out[name]["f1"]):
+            f1s.append(out[name]["f1"])
+    out["macro_f1_nsvf"] = float(np.mean(f1s))
+    out["accuracy"] = float((predictions["label"] == predictions["pred"]).mean())
+    return out
+
+
+def _close(found, expected) -> bool:
+    return (found is None and math.isnan(expected)) or found == pytest.approx(expected)
+
+
+def test_bundle_scored_on_another_database(built, second_db, monkeypatch):
+    from mlflow import MlflowClient
+
+    from pipeline import run_tracking, tracking
+
+    root = second_db["root"]
+    monkeypatch.chdir(root)  # the default out folder and the sqlite store's artifacts land here
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch.setenv(tracking.URI_ENV, uri)
+    before = _digest(built["reports"])
+    summary = cross_evaluate.run(
+        built["bundle"], DB, mirror=second_db["mirror"], n_boot=50, seed=1,
+        databases_dir=second_db["configs"],
+        tracking_params=run_tracking.TrackingParams(experiment="cross-test", log_model=False))
+
+    out = Path("reports/cross/synth-on-otherdb/test_resnet-frozen")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [DETAILS, HEADLINE, METRICS, PREDICTIONS, "rows.csv", "cross.json"])
+    assert _digest(built["reports"]) == before  # the training database's reports untouched
+    assert summary["train_database"] == "synth" and summary["split"] == "all"
+    assert summary["records"] == ["s1", "s2", "s3", "s5", "s6"]
+    assert summary["excluded"] == {"s4": "paced"}
+    # bundle leads (MLII, ...) absent: the config's ECG2 is read; s3 has neither
+    assert summary["leads"] == {"s1": "ECG2", "s2": "ECG2", "s3": None, "s5": "ECG2",
+                                "s6": "ECG2"}
+
+    rows = pd.read_csv(out / "rows.csv", dtype={"record": str, "label": str, "reason": str},
+                       keep_default_na=False)
+    assert len(rows) == summary["rows"] == summary["scored"] + sum(summary["unscored"].values())
+    assert summary["unscored"]["missing_lead"] == 1  # s3: one record-level row
+    detected = rows.query("record == 's5'")
+    assert (detected["beat_source"] == "detector").all() and (detected["reason"] != "").all()
+    assert summary["unscored"]["no_reference_annotations"] == int(
+        (detected["status"] == "ok").sum()) > 0
+    s1 = rows.query("record == 's1'")  # every annotated beat, at the record's own 128 Hz
+    assert s1["sample"].astype(int).tolist() == second_db["beats"]["s1"].tolist()
+    assert set(s1.loc[s1["reason"] != "", "reason"]) <= {"record_edge"}
+
+    predictions = pd.read_csv(out / PREDICTIONS, dtype={"record": str}, keep_default_na=False)
+    assert len(predictions) == summary["scored"]
+    assert set(predictions["record"]) == {"s1", "s2", "s6"}
+    assert set(predictions["subject"]) == {"p1", "s6"} and set(predictions["lead"]) == {"ECG2"}
+    metrics = yaml.safe_load((out / METRICS).read_text())["all"]
+    hand = _hand_metrics(predictions)
+    assert metrics["n_records"] == 2  # the bootstrap unit: subjects (s1 and s2 are p1)
+    assert metrics["n_segments"] == len(predictions)
+    assert metrics["accuracy"] == pytest.approx(hand["accuracy"])
+    assert _close(metrics["macro_f1_nsvf"], hand["macro_f1_nsvf"])
+    for name in ("N", "S", "V", "F"):
+        assert metrics[name]["support"] == hand[name]["support"]
+        for stat in ("se", "ppv", "f1"):
+            assert _close(metrics[name][stat], hand[name][stat]), (name, stat)
+    assert "macro_f1_nsvf_ci_low" in metrics and "ci_low" in str(metrics["V"])
+    tiny = {c for c in ("N", "S", "V", "F", "Q") if 0 < hand[c]["support"] < 30}
+    assert {c.split(":")[0].removeprefix("class ") for c in metrics["caveats"]
+            if "examples (< 30)" in c} == tiny == {"F"}
+    headline = yaml.safe_load((out / HEADLINE).read_text())["all"]
+    assert headline["V_f1"] == metrics["V"]["f1"]
+    assert (out / DETAILS / "all" / "confusion_counts.csv").is_file()
+
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("cross-test").experiment_id])
+    assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert run.info.run_name == "synth-on-otherdb/test_resnet-frozen"
+    tags = run.data.tags
+    assert (tags["cross.train_database"], tags["cross.eval_database"], tags["cross.bundle_run"],
+            tags["cross.split"]) == ("synth", DB, "test_resnet-frozen", "all")
+    assert run.data.metrics["eval_all_accuracy"] == pytest.approx(metrics["accuracy"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/metrics.json", "evaluation/rows.csv"} <= artifacts
+
+
+def test_test_split_of_the_config_from_the_command_line(built, second_db, tmp_path, capsys):
+    out = tmp_path / "cross-out"
+    argv = ["--bundle", str(built["bundle"]), "--database", DB, "--mirror",
+            str(second_db["mirror"]), "--split", "test", "--databases-dir",
+            str(second_db["configs"]), "--out", str(out), "--n-boot", "10", "--no-mlflow"]
+    cross_evaluate.main(argv)
+    summary = layout.read_json(out / "cross.json")
+    assert summary["split_definition"] == "cross" and summary["records"] == ["s1", "s2", "s3"]
+    assert summary["mlflow_run_id"] is None and summary["n_boot"] == 10
+    assert set(yaml.safe_load((out / METRICS).read_text())) == {"test"}
+    assert (out / "confusion_test.csv").is_file()
+    # a user's mistake is one line naming the fix
+    with pytest.raises(SystemExit):
+        from data_prep.cli import run_main
+        run_main(cross_evaluate.main, [*argv[:4], "--mirror", str(tmp_path / "nowhere"),
+                                       "--no-mlflow"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "nowhere" in err
+
+
+def test_records_and_splits_are_checked(second_db, monkeypatch):
+    folder = second_db["mirror"] / DB
+    config = cross_reference.DatabaseConfig.model_validate(CONFIG)
+    picked = cross_reference.select_records(folder, config, "all", ["s6", "s4", "s6"])
+    assert (picked.split, picked.records, picked.excluded) == ("records", ["s6"], {"s4": "paced"})
+    with pytest.raises(ValueError, match=r"\['nope'\] are not in .*RECORDS"):
+        cross_reference.select_records(folder, config, "all", ["nope"])
+    with pytest.raises(ValueError, match=r"defines no split 'other'.*--split all"):
+        cross_reference.select_records(folder, config, "test", definition="other")
+    monkeypatch.delenv(layout.ENV_MIRROR, raising=False)
+    with pytest.raises(FileNotFoundError, match=r"--mirror DIR.*ECG_PHYSIONET_MIRROR"):
+        cross_reference.database_folder(None, DB)
+    monkeypatch.setenv(layout.ENV_MIRROR, str(second_db["mirror"]))
+    assert cross_reference.database_folder(None, DB) == folder
+
+
+def test_default_out_names_both_databases_and_the_run():
+    assert cross_evaluate.default_out("mitdb", "svdb", "vgg16.tv_in1k-frozen") == Path(
+        "reports/cross/mitdb-on-svdb/vgg16.tv_in1k-frozen")
