@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,8 +14,10 @@ import pytest
 import yaml
 
 from data_prep import layout
+from data_prep.configs import load_label_map
 from pipeline import cross_evaluate, cross_reference
 from pipeline.report_folder import DETAILS, HEADLINE, METRICS, PREDICTIONS
+from tests.helpers import REPO, segment_params
 from tests.synthetic import write_record, write_records_file
 
 DB, FS, SECONDS = "otherdb", 128, 60.0
@@ -190,3 +193,38 @@ def test_records_and_splits_are_checked(second_db, monkeypatch):
 def test_default_out_names_both_databases_and_the_run():
     assert cross_evaluate.default_out("mitdb", "svdb", "vgg16.tv_in1k-frozen") == Path(
         "reports/cross/mitdb-on-svdb/vgg16.tv_in1k-frozen")
+
+
+def _window_bundle(mode: str, label_map: str) -> SimpleNamespace:
+    """What label_rows reads of a rhythm or record bundle: its segment params and label map."""
+    seg = segment_params(label_mode=mode, label_map=label_map, reference_csv="REFERENCE.csv")
+    return SimpleNamespace(segment=seg, labels=load_label_map(REPO / label_map))
+
+
+def _window_rows(n: int, record: str) -> pd.DataFrame:
+    return pd.DataFrame({"record": record, "sample": pd.array(range(n), dtype="Int64"),
+                         "beat_source": "window", "label": "", "status": "ok"})
+
+
+def test_rhythm_windows_take_the_episode_over_them(tmp_path):
+    """The segment stage's rule: one named episode over the whole window, else no label."""
+    bundle = _window_bundle("rhythm", "configs/labels/rhythm.yaml")
+    write_record(tmp_path, "r", fs=FS, seconds=60.0, sig_names=("ECG1",),
+                 rhythm=[(0, "(N"), (25 * FS, "(AFIB"), (55 * FS, "(XYZ")])
+    rows = _window_rows(6, "r")  # 10 s windows every 10 s
+    rows.loc[5, "status"] = "flat"
+    table = cross_reference.label_rows(bundle, tmp_path, "r", rows, "atr", None)
+    assert table["label"].tolist() == ["N", "N", "", "AF", "AF", ""]
+    assert table["reason"].tolist() == ["", "", "no_reference_rhythm", "", "", "flat"]
+    missing = cross_reference.label_rows(bundle, tmp_path, "r", rows, "qrs", None)
+    assert set(missing["reason"]) == {"no_reference_annotations", "flat"}
+
+
+def test_record_windows_take_the_reference_row(tmp_path):
+    bundle = _window_bundle("record", "configs/labels/challenge2017.yaml")
+    (tmp_path / "REFERENCE.csv").write_text("A1,A\nA2,Z\n")
+    reference = cross_reference.load_reference(bundle, tmp_path, None)
+    labelled = [cross_reference.label_rows(bundle, tmp_path, r, _window_rows(2, r), None,
+                                           reference) for r in ("A1", "A2", "A3")]
+    assert [t["label"].tolist() for t in labelled] == [["AF", "AF"], ["", ""], ["", ""]]
+    assert [t["reason"].iat[0] for t in labelled] == ["", "unmapped_label", "not_in_reference"]
