@@ -106,8 +106,7 @@ def run(bundle_path: Path, database: str, *, mirror: Path | None = None, split: 
     folder = cross_reference.database_folder(mirror, database)
     selection = cross_reference.select_records(folder, config, split, records, definition)
     out = Path(out) if out is not None else default_out(train_db, database, run_name)
-    if out.resolve().is_relative_to(Path(bundle_path).resolve()):
-        raise ValueError(f"--out {out} lies in the bundle {bundle_path}; pick another folder")
+    _check_out(out, bundle)
     ann = cross_reference.annotator_for(bundle, config, annotator)
     ref = cross_reference.load_reference(bundle, folder, reference)
     summary: dict[str, Any] = {
@@ -138,6 +137,15 @@ def run(bundle_path: Path, database: str, *, mirror: Path | None = None, split: 
              selection.split, metrics[selection.split]["macro_f1"], len(predictions),
              len(selection.records), sum(summary["unscored"].values()))
     return summary | {"metrics": metrics}
+
+
+def _check_out(out: Path, bundle: Bundle) -> None:
+    """`out` must not be (in) the bundle or the training evaluation's report folder."""
+    source = (bundle.meta.get("metrics") or {}).get("source")
+    for folder in (bundle.path, *([Path(source).parent] if source else [])):
+        if out.resolve().is_relative_to(folder.resolve()):
+            raise ValueError(f"--out {out} lies in {folder}, the training run's own outputs; "
+                             "leave --out out (reports/cross/...) or pick another folder")
 
 
 def _counts(rows: pd.DataFrame) -> dict[str, Any]:

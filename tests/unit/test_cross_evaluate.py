@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -228,3 +232,35 @@ def test_record_windows_take_the_reference_row(tmp_path):
                                            reference) for r in ("A1", "A2", "A3")]
     assert [t["label"].tolist() for t in labelled] == [["AF", "AF"], ["", ""], ["", ""]]
     assert [t["reason"].iat[0] for t in labelled] == ["", "unmapped_label", "not_in_reference"]
+
+
+def test_command_runs_without_torch_or_mlflow(built, second_db, tmp_path):
+    """--no-mlflow needs only the runtime install (base + onnxruntime)."""
+    out = tmp_path / "plain"
+    script = textwrap.dedent(f"""
+        import sys
+        from importlib.abc import MetaPathFinder
+        BLOCKED = {{"torch", "timm", "mlflow", "dvc", "onnx", "torchvision"}}
+        class Block(MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(f"blocked import of {{name}}")
+        sys.meta_path.insert(0, Block())
+        from pipeline import cross_evaluate
+        cross_evaluate.main(["--bundle", {str(built["bundle"])!r}, "--database", "{DB}",
+                             "--mirror", {str(second_db["mirror"])!r}, "--records", "s6",
+                             "--databases-dir", {str(second_db["configs"])!r},
+                             "--out", {str(out)!r}, "--n-boot", "5", "--no-mlflow"])
+        print("OK")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr[-2000:]
+    assert layout.read_json(out / "cross.json")["records"] == ["s6"]
+
+
+def test_out_never_lands_in_the_training_outputs(built, second_db):
+    for out in (built["bundle"] / "x", built["reports"]):
+        with pytest.raises(ValueError, match="training run's own outputs"):
+            cross_evaluate.run(built["bundle"], DB, mirror=second_db["mirror"], out=out,
+                               databases_dir=second_db["configs"])
