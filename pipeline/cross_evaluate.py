@@ -38,7 +38,15 @@ from data_prep.layout import atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, read_yaml
 from pipeline import cross_reference, record_level
 from pipeline.predict import BASE, Bundle, load_bundle
-from pipeline.report_folder import DETAILS, FLOAT_FORMAT, NOTES, PREDICTIONS
+from pipeline.report_folder import (
+    CONFUSION,
+    DETAILS,
+    FLOAT_FORMAT,
+    HEADLINE,
+    METRICS,
+    NOTES,
+    PREDICTIONS,
+)
 from pipeline.report_writer import evaluate_predictions, write_reports
 
 log = logging.getLogger(__name__)
@@ -133,7 +141,7 @@ def run(bundle_path: Path, database: str, *, mirror: Path | None = None, split: 
         _write_notes(out / DETAILS / NOTES, summary, results[selection.split].notes)
         if run_id:
             _log(run_id, out, metrics)
-    log.info("wrote %s: %s macro-F1 %.4f over %d rows of %d records (%d rows not scored)", out,
+    log.info("wrote %s: %s macro-F1 %s over %d rows of %d records (%d rows not scored)", out,
              selection.split, metrics[selection.split]["macro_f1"], len(predictions),
              len(selection.records), sum(summary["unscored"].values()))
     return summary | {"metrics": metrics}
@@ -159,6 +167,8 @@ def _counts(rows: pd.DataFrame) -> dict[str, Any]:
 def _write_rows(out: Path, rows: pd.DataFrame, summary: dict) -> None:
     """rows.csv and cross.json, first thing: a run that scores nothing still says why."""
     shutil.rmtree(out / DETAILS, ignore_errors=True)  # nothing left over from a past run
+    for name in (PREDICTIONS, METRICS, HEADLINE, CONFUSION):
+        (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     columns = ["subject", "lead", *BASE[:5], "label", "status", "reason", "note", "pred",
                *(c for c in rows.columns if c.startswith("prob_"))]

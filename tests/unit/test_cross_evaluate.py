@@ -169,6 +169,11 @@ def test_test_split_of_the_config_from_the_command_line(built, second_db, tmp_pa
     assert summary["mlflow_run_id"] is None and summary["n_boot"] == 10
     assert set(yaml.safe_load((out / METRICS).read_text())) == {"test"}
     assert (out / "confusion_test.csv").is_file()
+    # a re-run that scores nothing (s5 has no annotations) says why and leaves no stale metrics
+    with pytest.raises(ValueError, match=r"no row of 1 records .*no_reference_annotations"):
+        cross_evaluate.main([*argv, "--records", "s5"])
+    assert not (out / METRICS).exists() and not (out / "confusion_test.csv").exists()
+    assert layout.read_json(out / "cross.json")["records"] == ["s5"]
     # a user's mistake is one line naming the fix
     with pytest.raises(SystemExit):
         from data_prep.cli import run_main
