@@ -70,15 +70,26 @@ def _second_lead(results: list[Any]) -> dict:
 
 def check_skips(summary: dict, path: Path) -> None:
     """Fails the stage when too much was skipped, naming the worst records and reasons."""
+    worst = sorted(summary["per_record"].items(), key=lambda kv: -sum(kv[1]["skipped"].values()))
+    cause = _worst_cause(summary, worst)
     if summary["kept_total"] == 0:
-        raise ValueError(f"no segment kept; see {path} for why each record was skipped")
+        raise ValueError(f"no segment kept.{cause} See {path} for why each record was skipped")
     if summary["skip_fraction"] <= summary["max_skip_fraction"]:
         return
-    worst = sorted(summary["per_record"].items(), key=lambda kv: -sum(kv[1]["skipped"].values()))
     names = "; ".join(f"{rec}: {counts['skipped']}" for rec, counts in worst[:5])
     raise ValueError(
         f"{summary['skipped_total']} of {summary['skipped_total'] + summary['kept_total']} "
         f"labelled segments skipped ({summary['skip_fraction']:.2%} > segment.max_skip_fraction "
-        f"{summary['max_skip_fraction']:.2%}); worst records: {names}. Fix the records or the "
-        f"label map, exclude them in configs/databases, or raise max_skip_fraction; see {path}"
+        f"{summary['max_skip_fraction']:.2%}); worst records: {names}.{cause}"
+        f" Fix the records or the label map, exclude them in configs/databases, or raise "
+        f"max_skip_fraction; see {path}"
     )
+
+
+def _worst_cause(summary: dict, worst: list[tuple[str, dict]]) -> str:
+    """The detail of the worst record skipped whole (its file, field and fix), or ""."""
+    whole = summary["records"]["skipped"]
+    record = next((rec for rec, _ in worst if rec in whole), None)
+    if record is None:
+        return ""
+    return " " + " ".join(f"{record} skipped whole: {whole[record]['detail']}".split()) + "."

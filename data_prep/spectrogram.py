@@ -16,6 +16,9 @@ Writes:
 
 Images come from the STFT core `data_prep.stft` (its docstring gives the image convention);
 `spectrogram.image` chooses what goes in the channels (`data_prep.channels`).
+Beat segments use the section's own STFT keys; the longer windows of rhythm and record modes use
+`spectrogram.windows` (segments meta.json `label_mode` says which). meta.json `params` holds the
+image params used (export copies them into the bundle for predict), `stft_keys` which keys.
 
 With `--splits`, only records that the split stage assigned to train, val or test get images
 (records it left out are logged and skipped).
@@ -61,7 +64,7 @@ from data_prep.layout import (
 )
 from data_prep.params import DEFAULT_PARAMS, load_section
 from data_prep.preview import PREVIEW_SEED, write_pngs, write_previews
-from data_prep.stft import SpectrogramParams
+from data_prep.stft import SpectrogramParams, plan
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +180,32 @@ def _extents(described: dict) -> tuple[tuple[float, float], tuple[float, float]]
             (freq["bottom_row"], freq["top_row"]))
 
 
+def _stft_keys(label_mode: str) -> str:
+    """The params keys that set the STFT of `label_mode` images (`SpectrogramParams`)."""
+    return "spectrogram" if label_mode == "beat" else "spectrogram.windows"
+
+
+def _label_mode(seg_meta: dict, segments: Path) -> str:
+    """The segments' label mode: it chooses the STFT keys (`SpectrogramParams.for_label_mode`)."""
+    mode = seg_meta.get("label_mode")
+    if mode not in ("beat", "rhythm", "record"):
+        raise ValueError(f"{segments / META}: label_mode {mode!r} is not beat, rhythm or record; "
+                         "re-run the segment stage")
+    return str(mode)
+
+
+def _warn_if_squeezed(params: SpectrogramParams, fs: float, n_samples: int,
+                      label_mode: str) -> None:
+    """The resize reads two frames per column: with many more frames than columns, most frames
+    (and a narrow QRS between two read frames) never reach the image."""
+    frames, size = plan(params, fs, n_samples).frames, params.image_size
+    if frames > 2 * size:
+        log.warning("%d STFT frames per %s window for %d image columns: most frames are skipped "
+                    "by the resize; raise the hop (%s.nperseg - noverlap) to about %d samples",
+                    frames, label_mode, size, _stft_keys(label_mode),
+                    round(params.hop * frames / size))
+
+
 def assigned_only(index: pd.DataFrame, assignment: Path) -> pd.DataFrame:
     """The index rows of records the split stage assigned (assignment.csv: record,subject,split)."""
     assigned = set(read_index(assignment)["record"])
@@ -189,6 +218,8 @@ def run(params: SpectrogramParams, segments: Path, out: Path,
         splits: Path | None = None) -> dict[str, Any]:
     """Writes the stage's shards, index, meta and previews (module docstring); returns meta."""
     seg_meta = read_json(segments / META)
+    label_mode = _label_mode(seg_meta, segments)
+    params = params.for_label_mode(label_mode)  # beat STFT keys, or spectrogram.windows
     index = read_index(segments / INDEX)
     if splits is not None:
         index = assigned_only(index, splits / ASSIGNMENT)
@@ -196,6 +227,7 @@ def run(params: SpectrogramParams, segments: Path, out: Path,
     fs = float(seg_meta["fs"])
     # fails on band/Nyquist/window lengths before any worker starts
     described = channels.describe(params, fs, n_samples)
+    _warn_if_squeezed(params, fs, n_samples, label_mode)
     if out.resolve() == segments.resolve():
         raise ValueError(f"--out {out} is the segments folder; pass another folder")
     for stale in (SHARDS, PREVIEW, PNG):  # a previous run's records must not linger
@@ -218,6 +250,7 @@ def run(params: SpectrogramParams, segments: Path, out: Path,
                                       params.preview_per_class),
             "preview_seed": PREVIEW_SEED, "export_png": params.export_png,
             "params": params.image_params().recorded(), SEGMENTS_META: seg_meta}
+    meta["stft_keys"] = _stft_keys(label_mode)  # which params.yaml keys made `params`
     write_json(out / META, meta)
     log.info("wrote %d images to %s", len(index), out)
     return meta

@@ -2,8 +2,9 @@
 
 Shared by the spectrogram stage (which writes the images) and predict (which makes them from new
 records). `ImageParams` are the keys of the `spectrogram:` section (`SpectrogramParams`) that make
-an image; `image_meta` says how to read the images (axes, orientation, value scale) and is
-written into the stage's meta.json.
+an image (beat windows: its own STFT keys; rhythm/record windows: those of `spectrogram.windows`);
+`image_meta` says how to read the images (axes, orientation, value scale) and is written into the
+stage's meta.json.
 
 Image convention: row 0 is the highest kept frequency and the last row the lowest (low
 frequencies at the bottom, as plotted); columns run forward in time from the first STFT frame
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from scipy.signal import ShortTimeFFT, get_window
 
 from data_prep.params import StrictModel
@@ -80,16 +81,46 @@ class ImageParams(StrictModel):
         return self.model_dump(mode="json", exclude=skip)
 
 
+class WindowSTFT(StrictModel):
+    """`spectrogram.windows`: the STFT of rhythm/record-mode windows (segment.window_s, 10 s),
+    which need a longer hop than 2.5 s beat windows to give about one frame per image column."""
+
+    nperseg: int = Field(ge=2)
+    noverlap: int = Field(ge=0)
+    nfft: int = Field(ge=2)
+
+
 class SpectrogramParams(ImageParams):
     """The `spectrogram:` section of params.yaml (see the comments there): the image params
-    plus how the stage runs (workers, PNGs, previews), which never change an image."""
+    of beat windows, the STFT of fixed windows (`windows`), and how the stage runs (workers,
+    PNGs, previews), which never changes an image."""
 
+    windows: WindowSTFT
     workers: int = Field(ge=0)
     export_png: bool
     preview_per_class: int = Field(ge=0)
 
+    @model_validator(mode="after")
+    def _windows_consistent(self) -> SpectrogramParams:
+        try:
+            ImageParams.model_validate(self._image_keys() | self.windows.model_dump())
+        except ValidationError as err:
+            problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+            raise ValueError(f"windows: {problems}") from None
+        return self
+
+    def _image_keys(self) -> dict[str, Any]:
+        return self.model_dump(include=set(ImageParams.model_fields))
+
     def image_params(self) -> ImageParams:
-        return ImageParams.model_validate(self.model_dump(include=set(ImageParams.model_fields)))
+        return ImageParams.model_validate(self._image_keys())
+
+    def for_label_mode(self, label_mode: str) -> SpectrogramParams:
+        """The section as it makes `label_mode` images: beat windows keep its own STFT keys;
+        rhythm and record windows take nperseg, noverlap and nfft from `windows`."""
+        if label_mode == "beat":
+            return self
+        return self.model_validate(self.model_dump() | self.windows.model_dump())
 
 
 @dataclass(frozen=True)

@@ -45,22 +45,19 @@ from pydantic import Field, model_validator
 from data_prep.cli import run_main
 from data_prep.layout import INDEX, META, PREVIEW, SEGMENTS_META, atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
-from pipeline import data, plots, record_level, run_tracking
+from pipeline import data, record_level, run_tracking
 from pipeline.device import resolve_device
-from pipeline.headline import headline
 from pipeline.inference import frame_probs
-from pipeline.metrics import Evaluation, evaluate, nan_to_none
+from pipeline.metrics import Evaluation
 from pipeline.report_folder import (
     CONFIG,
-    CONFUSION,
     DETAILS,
     FLOAT_FORMAT,
-    HEADLINE,
-    METRICS,
     NOTES,
     PREDICTIONS,
     predictions_frame,
 )
+from pipeline.report_writer import evaluate_predictions, write_reports
 from pipeline.run_folder import (
     RESOLVED,
     ImageClassifier,
@@ -92,20 +89,6 @@ class EvaluateParams(StrictModel):
             raise ValueError(f"splits {self.splits} must hold 'test' (unseen patients, the "
                              "reported result and DVC's confusion plot) and no split twice")
         return self
-
-
-def evaluate_predictions(
-    predictions: pd.DataFrame, classes: list[str], n_boot: int, seed: int
-) -> dict[str, Evaluation]:
-    """Every metric of each split in a predictions table (the pure core of the stage)."""
-    index = {c: i for i, c in enumerate(classes)}
-    columns = [f"prob_{c}" for c in classes]
-    results = {}
-    for split, part in predictions.groupby("split", sort=False):
-        probs = part[columns].to_numpy(dtype=np.float32)
-        results[str(split)] = evaluate(part["label"].map(index).to_numpy(), probs, classes,
-                                       part["record"].to_numpy(), n_boot=n_boot, seed=seed)
-    return results
 
 
 def run(
@@ -141,8 +124,8 @@ def run(
             predictions.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
         results = evaluate_predictions(predictions, classes, params.n_boot, params.seed)
         label_mode = data.read_meta(spectrograms).get(SEGMENTS_META, {}).get("label_mode")
-        metrics = _write_reports(results, predictions, out, available,
-                                 by_record=label_mode in record_level.RECORD_LABEL_MODES)
+        metrics = write_reports(results, predictions, out, available,
+                                by_record=label_mode in record_level.RECORD_LABEL_MODES)
         info = _config(params, model_dir, resolved, device, available, run_id)
         write_json(out / DETAILS / CONFIG, info)
         _write_notes(out / DETAILS / NOTES, info, results)
@@ -175,49 +158,6 @@ def _split_frames(
     frame = data.cap_per_class(frame, dict.fromkeys(params.splits, params.max_per_class),
                                params.seed)
     return {s: data.split_frame(frame, s, splits) for s in params.splits}, available
-
-
-def _write_reports(
-    results: dict[str, Evaluation], predictions: pd.DataFrame, out: Path,
-    available: dict[str, int], by_record: bool = False,
-) -> dict:
-    """Per split: classification reports, figures and tables; then metrics.json. `by_record`
-    (record and rhythm modes) adds record-level results (`pipeline.record_level`)."""
-    metrics = {}
-    for split, ev in results.items():
-        part = predictions[predictions["split"] == split]
-        index = {c: i for i, c in enumerate(ev.class_names)}
-        y_true, y_pred = part["label"].map(index).to_numpy(), part["pred"].map(index).to_numpy()
-        folder = out / DETAILS / split
-        plots.write_all(ev, y_true, y_pred, folder)
-        if split == "test":
-            plots.confusion_csv(y_true, y_pred, ev.class_names, out / CONFUSION)
-        for name, matrix in (("confusion_counts", ev.counts), ("confusion_normalised",
-                                                                ev.normalised)):
-            table = pd.DataFrame(matrix, index=pd.Index(ev.class_names, name="actual"),
-                                 columns=ev.class_names)
-            plots.table_csv(table.reset_index(), folder / f"{name}.csv")
-        with atomic_path(out / DETAILS / f"classification_report_{split}.txt") as tmp:
-            tmp.write_text(ev.report_text)
-        write_json(out / DETAILS / f"classification_report_{split}.json",
-                   nan_to_none(ev.report_dict))
-        # a capped (quick-profile) evaluation must never pass for the full split's result
-        metrics[split] = {**nan_to_none(ev.metrics_tree()), "subset": len(part) < available[split],
-                          "n_available": available[split], "caveats": list(ev.notes)}
-        if by_record:
-            records = record_level.aggregate(part, ev.class_names)
-            plots.table_csv(records, folder / "record_predictions.csv")
-            metrics[split]["record_level"] = record_level.scores(records, ev.class_names)
-    write_json(out / METRICS, metrics)
-    write_json(out / HEADLINE, {split: nan_to_none(_headline(tree, results[split].class_names))
-                                for split, tree in metrics.items()})
-    return metrics
-
-
-def _headline(tree: dict, classes: list[str]) -> dict:
-    """`metrics.headline`, plus the record-level mean F1 in record and rhythm modes."""
-    by_record = tree.get("record_level")
-    return headline(tree, classes) | ({"record_mean_f1": by_record["mean_f1"]} if by_record else {})
 
 
 def _config(

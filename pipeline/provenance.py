@@ -1,16 +1,22 @@
 """Where a run's code and data come from: git commit and DVC output hashes.
 
-Used by tracking (MLflow tags) and export (the bundle's versions); needs neither mlflow nor torch.
+Used by tracking (MLflow tags), export (the bundle's versions) and train (the code version a
+checkpoint must match to be resumed); needs neither mlflow nor torch.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import subprocess
+from functools import cache
 from pathlib import Path
 
 import yaml
 
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # the key mlflow's UI shows as "Source version"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("data_prep", "pipeline")
 
 
 def source_info(repo: Path | None = None, lock: Path = Path("dvc.lock")) -> dict[str, str]:
@@ -45,3 +51,45 @@ def dvc_data_version(lock: Path = Path("dvc.lock"), prefix: str = "data/") -> di
         for out in stage.get("outs", [])
         if str(out.get("path", "")).startswith(prefix)
     }
+
+
+def module_path(name: str) -> Path:
+    return REPO / (name.replace(".", "/") + ".py")
+
+
+@cache
+def imports(name: str) -> frozenset[str]:
+    """Every module `name` imports anywhere in its source (lazy imports included), as dotted
+    names; `from pkg import mod` counts as pkg.mod when that is a project module."""
+    found = set()
+    for node in ast.walk(ast.parse(module_path(name).read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names
+                         if module_path(f"{node.module}.{a.name}").is_file())
+    return frozenset(found)
+
+
+def project_imports(name: str) -> set[str]:
+    return {m for m in imports(name) if m.split(".")[0] in PACKAGES and module_path(m).is_file()}
+
+
+def closure(name: str) -> set[str]:
+    """`name` and every project module it imports, directly or not."""
+    seen, todo = set(), [name]
+    while todo:
+        if (current := todo.pop()) not in seen:
+            seen.add(current)
+            todo.extend(project_imports(current))
+    return seen
+
+
+def code_digest(name: str) -> str:
+    """sha256 over the source of `name` and every project module it imports: the code a
+    result depends on, found from the imports rather than a hand-kept list."""
+    digest = hashlib.sha256()
+    for module in sorted(closure(name)):
+        digest.update(module.encode() + b"\0" + module_path(module).read_bytes())
+    return digest.hexdigest()

@@ -28,9 +28,9 @@ from pipeline.tracking import check_tracking_server
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RUN_FILE", "TrackingParams", "check_tracking_server", "evaluation_run",
-           "load_tracking", "read_run_file", "register_bundle", "registered_name", "run_name",
-           "train_run"]
+__all__ = ["RUN_FILE", "TrackingParams", "check_tracking_server", "cross_evaluation_run",
+           "evaluation_run", "load_tracking", "log_cross_evaluation", "read_run_file",
+           "register_bundle", "registered_name", "run_name", "train_run"]
 DVC_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for every stage command
 
 
@@ -244,3 +244,22 @@ def register_bundle(folder: Path, bundle_dir: Path, name: str, alias: str | None
                                "export.registered": f"{name}/{version}"})
     log.info("registered %s version %s (alias %s)", name, version, alias)
     return version
+
+
+@contextmanager
+def cross_evaluation_run(params: TrackingParams, name: str, run_params: Mapping[str, Any],
+                         tags: Mapping[str, Any]) -> Iterator[str]:
+    """A new MLflow run for one cross-database evaluation (`pipeline.cross_evaluate`), in the
+    project's experiment beside the training runs: FINISHED when the block completes, FAILED
+    when it raises. Yields the run id."""
+    check_tracking_server()  # fail before minutes of inference, not after
+    run_id = tracking.start_run(params.experiment, name, run_params, tags)
+    with tracking.fail_on_error(run_id):
+        yield run_id
+    tracking.end_run(run_id, "FINISHED")
+
+
+def log_cross_evaluation(run_id: str, out: Path, metrics: Mapping[str, Any]) -> None:
+    """Metrics as evaluate logs them (eval_<split>_macro_f1, ...) and the report folder."""
+    tracking.log_final_metrics(run_id, {"eval": metrics})
+    tracking.log_artifacts(run_id, out, "evaluation")

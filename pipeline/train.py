@@ -25,7 +25,6 @@ data-parallel processes (several nodes: start torchrun yourself, docs/cluster.md
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import platform
 import sys
@@ -43,7 +42,7 @@ import torch
 from data_prep.cli import run_main
 from data_prep.layout import INDEX, META, atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, load_section, per_database
-from pipeline import cv, data, distributed, features, fitting, run_tracking
+from pipeline import cv, data, distributed, features, fitting, provenance, run_tracking
 from pipeline.checkpoint import save_weights
 from pipeline.device import resolve_device
 from pipeline.engine import EpochCallback, FitConfig
@@ -56,9 +55,6 @@ from pipeline.weights import resolve_weights
 log = logging.getLogger(__name__)
 
 MATRIX_KEYS = ("backbones", "freeze_modes")  # choose the DVC matrix runs, not one run's result
-CODE_MODULES = ("train", "engine", "device", "optim", "checkpoint", "data", "features",
-                "transforms", "models", "freeze", "distributed", "fitting", "fusion", "cv",
-                "feature_store")
 LAUNCH_KEYS = ("nproc",)  # how many processes, not what is trained: a run resumes with any
 HISTORY_COLUMNS = ("fold", "epoch", "train_loss", "train_acc", "train_macro_f1",
                    "val_loss", "val_acc", "val_macro_f1", "lr")
@@ -108,7 +104,7 @@ def run(
     fingerprint = features.cache_key(
         params=params.model_dump(exclude={*MATRIX_KEYS, *LAUNCH_KEYS}), backbone=backbone,
         freeze=freeze, data=data_version, weights=setup.weights_id, spec=setup.spec,
-        code=_code_version())
+        code=provenance.code_digest("pipeline.train"))
     select = [classes.index(c) for c in params.select_classes if c in classes]
     resolved = {
         "stage": "train", "backbone": backbone, "freeze": freeze, "params": params.model_dump(),
@@ -279,16 +275,6 @@ def _metrics(fits: list[fitting.FoldFit], validation: dict, trainval: pd.DataFra
 def _counts(frame: pd.DataFrame, classes: list[str]) -> dict[str, dict[str, int]]:
     table = pd.crosstab(frame["split"], frame["label"]).reindex(columns=classes, fill_value=0)
     return {split: {c: int(n) for c, n in row.items()} for split, row in table.iterrows()}
-
-
-def _code_version() -> str:
-    """Hash of the modules a run's result depends on: a checkpoint written by other code (a
-    fixed bug, a changed loop) is never resumed, like DVC re-running on changed deps."""
-    here = Path(__file__).parent
-    digest = hashlib.sha256()
-    for name in CODE_MODULES:
-        digest.update((here / f"{name}.py").read_bytes())
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:

@@ -79,13 +79,17 @@ def truncated_annotations(folder: Path, name: str) -> np.ndarray:
     return beats
 
 
-def unparsable_date(folder: Path, name: str) -> np.ndarray:
-    """A record line whose date field wfdb rejects (day 32, month 13)."""
-    beats = write_record(folder, name, seconds=20)
-    header = Path(folder) / f"{name}.hea"
+def spoil_date(header: Path) -> None:
+    """Appends a time and a date wfdb rejects (day 32, month 13) to a header's record line."""
     lines = header.read_text().splitlines()
     lines[0] += " 10:00:00 32/13/2020"
     header.write_text("\n".join(lines) + "\n")
+
+
+def unparsable_date(folder: Path, name: str) -> np.ndarray:
+    """A record line whose date field wfdb rejects (day 32, month 13)."""
+    beats = write_record(folder, name, seconds=20)
+    spoil_date(Path(folder) / f"{name}.hea")
     return beats
 
 

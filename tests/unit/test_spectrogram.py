@@ -18,7 +18,7 @@ FS = 250.0
 L = 625  # 2.5 s windows, as the segment stage writes them for mitdb
 BASE = dict(window="hann", nperseg=32, noverlap=29, nfft=256, fmin_hz=0.0, fmax_hz=40.0,
             dynamic_range_db=60.0, image_size=224, workers=1, export_png=False,
-            preview_per_class=4)
+            preview_per_class=4, windows=dict(nperseg=64, noverlap=53, nfft=256))
 
 
 def params(**changes) -> SpectrogramParams:

@@ -8,56 +8,23 @@ import re
 import subprocess
 import sys
 import tomllib
-from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline.provenance import PACKAGES, closure, imports, module_path, project_imports
+
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("data_prep", "pipeline")
 STAGES = ("data_prep.sources", "data_prep.fetch", "data_prep.segment", "data_prep.split",
           "data_prep.spectrogram", "pipeline.train", "pipeline.evaluate", "pipeline.export")
 HEAVY = ("torch", "timm", "mlflow")  # data_prep (the record-side base install) never needs them
 MAX_LINES = 330
 
 
-def module_path(name: str) -> Path:
-    return REPO / (name.replace(".", "/") + ".py")
-
-
 def project_modules() -> list[str]:
     return sorted(f"{pkg}.{p.stem}" for pkg in PACKAGES for p in (REPO / pkg).glob("*.py")
                   if p.stem != "__init__")
-
-
-@cache
-def imports(name: str) -> frozenset[str]:
-    """Every module `name` imports anywhere in its source (lazy imports included), as dotted
-    names; `from pkg import mod` counts as pkg.mod when that is a project module."""
-    found = set()
-    for node in ast.walk(ast.parse(module_path(name).read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names
-                         if module_path(f"{node.module}.{a.name}").is_file())
-    return frozenset(found)
-
-
-def project_imports(name: str) -> set[str]:
-    return {m for m in imports(name) if m.split(".")[0] in PACKAGES and module_path(m).is_file()}
-
-
-def closure(name: str) -> set[str]:
-    """`name` and every project module it imports, directly or not."""
-    seen, todo = set(), [name]
-    while todo:
-        if (current := todo.pop()) not in seen:
-            seen.add(current)
-            todo.extend(project_imports(current))
-    return seen
 
 
 def test_import_reader_finds_the_stage_imports():
