@@ -209,10 +209,12 @@ def render_model_card(meta: dict[str, Any]) -> str:
     model = meta["model"]
     leakage = (meta.get("data") or {}).get("leakage") or {}
     classes = ", ".join(meta["classes"])
+    two = spec.get("image") == "two_lead"
+    leads = "two-lead" if two else "single-lead"
     lines = [
         f"# Model card: {meta['name']}", "",
         "## Intended use", "",
-        f"Research only. Classifies ECG beats (or windows) into {classes} from single-lead "
+        f"Research only. Classifies ECG beats (or windows) into {classes} from {leads} "
         "spectrograms, to study transfer learning on PhysioNet data. It is NOT a medical "
         "device, has no regulatory clearance and must not be used for diagnosis, triage or any "
         "decision about a patient.", "",
@@ -247,8 +249,9 @@ def render_model_card(meta: dict[str, Any]) -> str:
               "## Known limits", "",
               "- Classes with few test examples (see Caveats under Results) have wide Se/+P "
               "intervals and unreliable point estimates.",
-              "- One lead only (MLII in most training records); other leads or placements are "
-              "a distribution shift the model never saw.",
+              f"- {'Two leads' if two else 'One lead only'} (MLII in most training records"
+              f"{'; the second: first of ' + str(seg.get('second_leads')) if two else ''}); "
+              "other leads or placements are a distribution shift the model never saw.",
               "- Trained on one database (MIT-BIH, 1970s ambulatory recordings, 47 subjects): "
               "other devices, populations and sampling rates are a database shift; validate "
               "on your own data before drawing conclusions.",

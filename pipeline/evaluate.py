@@ -47,6 +47,7 @@ from data_prep.layout import INDEX, META, PREVIEW, SEGMENTS_META, atomic_path, w
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
 from pipeline import data, record_level, run_tracking
 from pipeline.device import resolve_device
+from pipeline.fusion import uses_image
 from pipeline.inference import frame_probs
 from pipeline.metrics import Evaluation
 from pipeline.report_folder import (
@@ -65,6 +66,7 @@ from pipeline.run_folder import (
     load_model,
     rhythm_names,
 )
+from pipeline.transforms import check_channels
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,9 @@ def run(
     """
     with run_tracking.evaluation_run(tracking_params, model_dir) as run_id:
         model, preprocess, resolved = load_model(model_dir)
+        if uses_image(resolved["model"]["inputs"]):  # images of the kind the model was made for
+            check_channels(resolved["params"]["channels"],
+                           int(data.read_meta(spectrograms).get("channels", 1)), spectrograms)
         classes = list(resolved["classes"])
         frames, available = _split_frames(params, spectrograms, splits, classes)
         device = resolve_device(params.device)

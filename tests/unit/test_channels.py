@@ -16,6 +16,7 @@ from pipeline.transforms import Preprocess, check_channels, preprocess_spec
 FS, L = 250.0, 625
 BASE = dict(window="hann", nperseg=32, noverlap=29, nfft=256, fmin_hz=0.0, fmax_hz=40.0,
             dynamic_range_db=60.0, image_size=48)
+STAGE = dict(windows={"nperseg": 64, "noverlap": 53, "nfft": 256}, workers=1)
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
@@ -122,7 +123,7 @@ def _segments(folder, second: bool) -> None:
     index = pd.DataFrame([(r, i, 100 + i, "N", "N") for r, n in rows.items() for i in range(n)],
                          columns=layout.SEGMENT_COLUMNS)
     layout.write_index(folder / layout.INDEX, index)
-    meta = {"classes": ["N"], "fs": FS, "window_samples": L}
+    meta = {"classes": ["N"], "fs": FS, "window_samples": L, "label_mode": "beat"}
     if second:
         meta[layout.SECOND_LEAD] = {"a": "V1", "b": "V1"}
     layout.write_json(folder / layout.META, meta)
@@ -131,7 +132,7 @@ def _segments(folder, second: bool) -> None:
 @pytest.mark.parametrize("image", ["multires", "two_lead"])
 def test_stage_writes_three_channel_shards(tmp_path, image):
     _segments(tmp_path / "seg", second=True)
-    spec = SpectrogramParams(**BASE, image=image, workers=1, export_png=True, preview_per_class=2)
+    spec = SpectrogramParams(**BASE, **STAGE, image=image, export_png=True, preview_per_class=2)
     meta = run(spec, tmp_path / "seg", tmp_path / "out")
     shard = layout.load_shard(tmp_path / "out", "a")
     assert shard.shape == (4, 3, 48, 48) and shard.dtype == np.uint8
@@ -145,7 +146,7 @@ def test_stage_writes_three_channel_shards(tmp_path, image):
 
 def test_two_lead_stage_without_second_lead_names_the_fix(tmp_path):
     _segments(tmp_path / "seg", second=False)
-    spec = SpectrogramParams(**BASE, image="two_lead", workers=1, export_png=False,
+    spec = SpectrogramParams(**BASE, **STAGE, image="two_lead", export_png=False,
                              preview_per_class=0)
     with pytest.raises(ValueError, match=r"needs a second lead.*segment\.second_leads"):
         run(spec, tmp_path / "seg", tmp_path / "out")

@@ -43,6 +43,7 @@ def test_bundle_describes_three_channel_images(kind):
     assert meta["parity"]["max_abs_diff"] <= meta["parity"]["atol"]
     card = (kind["bundle"] / bundle_format.MODEL_CARD).read_text()
     assert CARD[kind["image"]] in card
+    assert ("from two-lead spectrograms" in card) == (kind["image"] == "two_lead")
 
 
 def _spy(monkeypatch) -> list[np.ndarray]:
@@ -79,6 +80,13 @@ def test_feature_store_key_differs_between_image_kinds(kind, tmp_path):
                          lambda x: x, torch.nn.Identity(), torch.device("cpu"))
     assert store.folder(grey) != store.folder(kind["spectrograms"])
     assert store.folder(grey) == store.folder(grey)
+    from pipeline import evaluate  # a three-channel model on grey images: named, not a crash
+
+    params = evaluate.EvaluateParams.model_validate(
+        {**stage_params()["evaluate"], "n_boot": 5, "device": "cpu"})
+    with pytest.raises(ValueError, match=r"'image3' takes 3-channel images, but .*grey holds "
+                                         r"1-channel images"):
+        evaluate.run(params, kind["model"], grey, kind["splits"], tmp_path / "report")
 
 
 def test_grey_model_on_three_channel_images_fails_at_the_start(kind, tmp_path):
