@@ -8,8 +8,9 @@ records), so both stack the very same channels. `spectrogram.image` chooses the 
 - `multires`: three channels, the lead at the three window lengths of `multires_nperseg`
   (short to long: timing detail to frequency detail); shards (n, 3, S, S).
 - `two_lead`: three channels: the lead at `nperseg`, the second lead at `nperseg` (the segment
-  stage's `segment.second_leads`), and the lead at the longest `multires_nperseg` window (a
-  frequency-detail view of the main lead, the lead the model sees most); shards (n, 3, S, S).
+  stage's `segment.second_leads`), and the lead at another resolution: the longest
+  `multires_nperseg` window (frequency detail), or the shortest when the longest is `nperseg`
+  itself (10 s windows: `spectrogram.windows` nperseg 64); shards (n, 3, S, S).
 
 Every channel uses one hop (nperseg - noverlap; each window w gets noverlap = w - hop) and one
 FFT length, and keeps the STFT slices whose longest-window frame lies wholly inside the segment:
@@ -43,8 +44,9 @@ def channels(params: ImageParams) -> tuple[Channel, ...]:
         return (Channel(0, params.nperseg),)
     if params.image == "multires":
         return tuple(Channel(0, n) for n in params.multires_nperseg)
-    return Channel(0, params.nperseg), Channel(1, params.nperseg), \
-        Channel(0, max(params.multires_nperseg))
+    longest = max(params.multires_nperseg)
+    other = longest if longest != params.nperseg else min(params.multires_nperseg)
+    return Channel(0, params.nperseg), Channel(1, params.nperseg), Channel(0, other)
 
 
 def leads_needed(params: ImageParams) -> int:
