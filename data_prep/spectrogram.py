@@ -87,7 +87,7 @@ class _Task:
 def _record_task(task: _Task) -> int:
     """Images of one record, streamed chunk by chunk into its shard (memory: one chunk)."""
     leads = [load_shard(folder, task.record)  # mmap: read chunk by chunk
-             for folder in lead_folders(task.segments, task.params)]
+             for folder in _lead_folders(task.segments, task.params)]
     shape = (len(leads[0]), *channels.image_shape(task.params))
     written = 0
     with shard_writer(task.out, task.record, shape, np.uint8) as write:
@@ -104,7 +104,7 @@ def _record_task(task: _Task) -> int:
     return written
 
 
-def lead_folders(segments: Path, params: SpectrogramParams) -> list[Path]:
+def _lead_folders(segments: Path, params: SpectrogramParams) -> list[Path]:
     """The segment folders holding each lead's shards that the image kind reads."""
     return [segments, segments / SECOND_LEAD][:channels.leads_needed(params)]
 
@@ -145,8 +145,8 @@ def _check_inputs(segments: Path, index: pd.DataFrame, seg_meta: dict,
         second = seg_meta.get(SECOND_LEAD)
         if not second:
             raise ValueError(f"spectrogram.image '{params.image}' needs a second lead, but "
-                             f"{segments / META} records none; set segment.second_leads (e.g. "
-                             "[V1, V2, V5]) and re-run the segment stage, or choose another "
+                             f"{segments / META} records none; set segment.second_leads (mitdb: "
+                             "[V1, V2, V5, V4]) and re-run the segment stage, or choose another "
                              "spectrogram.image")
     if missing := [c for c in SEGMENT_COLUMNS if c not in index.columns]:
         raise ValueError(f"{segments / INDEX}: missing columns {missing}; re-run the segment stage")
