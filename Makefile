@@ -26,7 +26,7 @@ QUICK := $(CPU_SMALL) -S train.max_per_class.train=1000 -S train.max_per_class.v
 FULL_NAME ?= cpu-full
 FULL := $(CPU_SMALL) -S train.batch_size=256 $(FULL_EXTRA)
 
-.PHONY: setup repro quick cpu-full ablation profile test lint bench
+.PHONY: setup repro quick cpu-full ablation image-kinds profile test lint bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ cpu-full: $(STAMP)
 
 ablation: $(STAMP)
 	python -m bench.bench_ablation --backbone tf_mobilenetv3_small_100 --batch-size 256 --device cpu
+
+# spectrogram.image grey / multires / two_lead on out-of-fold DS1 validation (never the test
+# split), after the data stages; the table says which default to choose
+image-kinds: $(STAMP)
+	python -m bench.bench_image_kinds --backbone tf_mobilenetv3_small_100 --batch-size 256 --device cpu
 
 # One named `dvc exp run` with the committed params.yaml restored afterwards (see above).
 profile:
