@@ -109,6 +109,7 @@ def run(
     resolved = {
         "stage": "train", "backbone": backbone, "freeze": freeze, "params": params.model_dump(),
         "database": meta.get("segments", {}).get("database"),
+        "image": meta.get("image", "grey"),  # spectrogram.image (data_prep.channels)
         "classes": classes, "preprocessing": setup.spec, "model": setup.arch,
         "weights": {**asdict(setup.weights), "describe": setup.weights.describe()},
         "freeze_report": asdict(setup.report), "device": str(device), "seed": params.seed,
@@ -158,7 +159,7 @@ def _tracked(
     tags = {"stage": "train", "backbone": resolved["backbone"], "freeze": resolved["freeze"],
             "weights": weights["describe"], "weights.sha256": weights["sha256"],
             "device": resolved["device"], "inputs": arch["inputs"], "head": arch["head"],
-            "folds": len(resolved["folds"])}  # git commit and DVC hashes: start_run adds them
+            "folds": len(resolved["folds"]), "image": resolved["image"]}  # + git, DVC: start_run
     return run_tracking.train_run(tracking_params, out, resolved["fingerprint"], resolved, tags,
                                   database=resolved["database"])
 

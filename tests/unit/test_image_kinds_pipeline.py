@@ -44,6 +44,8 @@ def test_bundle_describes_three_channel_images(kind):
     card = (kind["bundle"] / bundle_format.MODEL_CARD).read_text()
     assert CARD[kind["image"]] in card
     assert ("from two-lead spectrograms" in card) == (kind["image"] == "two_lead")
+    resolved = json.loads((kind["model"] / "resolved_config.json").read_text())
+    assert resolved["image"] == kind["image"] and len(resolved["validation"]["f1"]) == 4
 
 
 def _spy(monkeypatch) -> list[np.ndarray]:
