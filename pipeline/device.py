@@ -71,11 +71,11 @@ def model_input(x: Inputs, device: torch.device, prepare: nn.Module | None) -> A
     if isinstance(x, tuple):
         rest = tuple(t.to(device, non_blocking=True).float() for t in x[1:])
         return (model_input(x[0], device, prepare), *rest)
-    x = x.to(device, non_blocking=True)
+    out: torch.Tensor = x.to(device, non_blocking=True)
     if prepare is not None:
-        x = prepare(x)
-    elif x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    if device.type == "cuda" and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+        out = prepare(out)
+    elif out.dtype in (torch.float16, torch.bfloat16):
+        out = out.float()
+    if device.type == "cuda" and out.dim() == 4:
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from pipeline import data, distributed
 from pipeline.cv import Fold
 from pipeline.engine import EpochCallback, FitConfig, FitResult, fit, predict
 from pipeline.feature_store import FeatureStore
-from pipeline.freeze import FreezeReport, apply_freeze, param_groups
+from pipeline.freeze import FreezeMode, FreezeReport, apply_freeze, param_groups
 from pipeline.fusion import FusedNet, FusionHead, HeadEnsemble, feature_width, uses_image
 from pipeline.models import build_model, model_data_config
 from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
@@ -46,7 +46,8 @@ def assemble(backbone: str, freeze: str, params: dict, arch: dict, num_classes: 
     """
     extra = {"in_chans": 1} if params["channels"] == "in_chans1" else {}
     model = build_model(backbone, num_classes, weights, **extra)
-    report = apply_freeze(model, freeze, params["trainable_groups"], params["pre_logits"])
+    report = apply_freeze(model, cast(FreezeMode, freeze), params["trainable_groups"],
+                          params["pre_logits"])
     model.reset_classifier(0)  # type: ignore[operator]  # the fusion head classifies
     arch["image_dim"] = feature_width(model) if uses_image(arch["inputs"]) else 0
     heads = [FusionHead(arch["image_dim"], len(arch["rr_features"]), num_classes, arch["head"],
@@ -138,9 +139,9 @@ def fit_folds(setup: Setup, inputs: RunInputs, folds: list[Fold], cfg: FitConfig
               on_epoch: Callable[[Fold], EpochCallback | None]) -> list[FoldFit]:
     """Fits head k (with the backbone unless features are cached) on fold k, in turn."""
     fits = []
-    heads = setup.net.head.heads
+    heads = cast(HeadEnsemble, setup.net.head).heads
     for k, fold in enumerate(folds):
-        head = heads[k]
+        head = cast(FusionHead, heads[k])
         head.rr_norm.fit(torch.from_numpy(inputs.rr[fold.train]))  # train rows only
         cached = inputs.features is not None
         module = head if cached else FusedNet(setup.net.backbone, head, setup.arch["inputs"])

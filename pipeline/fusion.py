@@ -16,6 +16,7 @@ per-class log-prior shift fitted on out-of-fold validation predictions (`calibra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -99,7 +100,7 @@ class HeadEnsemble(nn.Module):
 
     class_bias: Tensor
 
-    def __init__(self, heads: list[nn.Module], num_classes: int):
+    def __init__(self, heads: Sequence[nn.Module], num_classes: int):
         super().__init__()
         self.heads = nn.ModuleList(heads)
         self.register_buffer("class_bias", torch.zeros(num_classes))
@@ -117,6 +118,9 @@ class FusedNet(nn.Module):
     `image` is the normalised float batch (B, C, H, W); `rr` raw rhythm features (B, F). With
     inputs "rr" the backbone is never run (the image may be any tensor, even empty).
     """
+
+    backbone: nn.Module | None
+    head: nn.Module  # a HeadEnsemble; one FusionHead while train fits a fold
 
     def __init__(self, backbone: nn.Module | None, head: nn.Module, inputs: Inputs):
         super().__init__()

@@ -57,8 +57,8 @@ def frame_probs(model: FusedNet, preprocess: Preprocess, resolved: dict, spectro
     rr = data.rhythm_matrix(frame, rhythm_names(resolved), spectrograms / INDEX)
     targets = frame["target"].to_numpy(dtype=np.int64)
     if not resolved.get("cached_features"):
-        dataset = data.SpectrogramDataset(spectrograms, frame, rr)
-        loader = data.make_loader(dataset, batch_size, device, 0, num_workers=workers)
+        images = data.SpectrogramDataset(spectrograms, frame, rr)
+        loader = data.make_loader(images, batch_size, device, 0, num_workers=workers)
         return predict_probs(model, preprocess, loader, device, amp, desc)
     features = np.zeros((len(frame), 0), dtype=np.float32)
     if uses_image(resolved["model"]["inputs"]):

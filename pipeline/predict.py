@@ -226,7 +226,7 @@ class Bundle:
         else:
             windows, starts, status = cut_fixed(x, fs, seg)
             sample, source = signals.map_samples(starts, seg.target_fs, fs), "window"
-        rr = (self.rhythm(beats, fs, symbols) if seg.label_mode == "beat" else
+        rr = (self.rhythm(sample, fs, symbols) if seg.label_mode == "beat" else
               self.rhythm(self._window_beats(x, fs, beats), fs, None, starts))
         ok = np.flatnonzero(status == "")
         flat = flat_windows(x, fs, starts[ok], length, seg.target_fs)

@@ -61,7 +61,7 @@ def module_path(name: str) -> Path:
 def imports(name: str) -> frozenset[str]:
     """Every module `name` imports anywhere in its source (lazy imports included), as dotted
     names; `from pkg import mod` counts as pkg.mod when that is a project module."""
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(module_path(name).read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)

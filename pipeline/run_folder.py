@@ -25,6 +25,7 @@ from torch import nn
 from data_prep.layout import read_json
 from pipeline.checkpoint import load_weights
 from pipeline.fitting import assemble
+from pipeline.fusion import FusedNet
 from pipeline.transforms import Preprocess
 from pipeline.weights import WeightsSource
 
@@ -77,7 +78,7 @@ def read_resolved(folder: Path) -> dict:
     return read_json(Path(folder) / RESOLVED)
 
 
-def load_model(folder: Path) -> tuple[nn.Module, Preprocess, dict]:
+def load_model(folder: Path) -> tuple[FusedNet, Preprocess, dict]:
     """Rebuilds a trained model exactly as train saved it: architecture, freezing, weights.
 
     Returns:

@@ -33,6 +33,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -46,7 +47,7 @@ from pipeline import cv, data, distributed, features, fitting, provenance, run_t
 from pipeline.checkpoint import save_weights
 from pipeline.device import resolve_device
 from pipeline.engine import EpochCallback, FitConfig
-from pipeline.fusion import uses_image, uses_rr
+from pipeline.fusion import HeadEnsemble, uses_image, uses_rr
 from pipeline.run_folder import CHECKPOINT, FEATURE_STORE, HISTORY, METRICS, MODEL, RESOLVED
 from pipeline.train_params import FreezeMode, TrainParams
 from pipeline.transforms import check_channels
@@ -199,7 +200,7 @@ def _validate(setup: fitting.Setup, fits: list[fitting.FoldFit], trainval: pd.Da
     result["calibration_gain"] = cv.calibration_gain(probs, targets, groups, select)
     if params.calibrate:
         bias = cv.calibrate_bias(probs, targets, select)
-        setup.net.head.class_bias.copy_(torch.from_numpy(bias).float())
+        cast(HeadEnsemble, setup.net.head).class_bias.copy_(torch.from_numpy(bias).float())
         result["class_bias"] = bias.tolist()
         result["macro_f1_calibrated_in_sample"] = cv.macro_f1(
             targets, np.log(np.clip(probs, 1e-12, 1)) + bias, select)
