@@ -72,8 +72,7 @@ def predict_rows(bundle: Bundle, folder: Path, records: list[str], config: Datab
                 f"record {record}: none of the bundle's leads {bundle.segment.leads} nor the "
                 f"database config's {config.leads}; add its lead name to "
                 f"configs/databases/{folder.name}.yaml leads:"))
-        else:
-            log.info("record %s: lead %s", record, lead)
+        else:  # predict logs the lead it reads
             table = bundle.predict_record_or_error(folder / record, annotator, lead)
         table = cross_reference.label_rows(bundle, folder, record, table, annotator, reference)
         tables.append(table.assign(subject=config.subjects.get(record, record), lead=lead or ""))
@@ -170,7 +169,7 @@ def _write_rows(out: Path, rows: pd.DataFrame, summary: dict) -> None:
     for name in (PREDICTIONS, METRICS, HEADLINE, CONFUSION):
         (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    columns = ["subject", "lead", *BASE[:5], "label", "status", "reason", "note", "pred",
+    columns = ["subject", *BASE[:6], "label", "status", "reason", "note", "pred",
                *(c for c in rows.columns if c.startswith("prob_"))]
     with atomic_path(out / ROWS) as tmp:
         rows[columns].to_csv(tmp, index=False, float_format=FLOAT_FORMAT)

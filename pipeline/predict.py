@@ -10,15 +10,16 @@ and rhythm bundles, `<out>.records.csv`: one row per record, `Bundle.per_record`
     bundle = load_bundle("models/export/vgg16.tv_in1k-frozen")
     table = bundle.predict_record("mitdb/100")         # beats from 100.atr when present
 
-One row per beat (beat bundles) or window (rhythm/record bundles): record, sample (at the
-record's own rate), time_s, beat_source, symbol and label (reference annotation, if any),
-status, note, pred and prob_<class>. Rows whose status is not "ok" carry no prediction:
-record_edge / annotation_past_end (window leaves the record), nan_samples, flat (lead off or
-saturated), and record-level rows (shorter_than_window, no_beats, all_nan, signal_error,
-record_error). Each is also logged as a warning. Two-lead bundles (spectrogram.image two_lead)
-also read the record's second lead as the segment stage chose it (`data_prep.second_lead`):
-rows whose second lead is NaN or flat say "second lead" in the note column; a record without
-one is a missing_second_lead row or, as the bundle was trained, uses its first lead twice.
+One row per beat (beat bundles) or window (rhythm/record bundles): record, lead (the lead read,
+also logged), sample (at the record's own rate), time_s, beat_source, symbol and label
+(reference annotation, if any), status, note, pred and prob_<class>. Rows whose status is not
+"ok" carry no prediction: record_edge / annotation_past_end (window leaves the record),
+nan_samples, flat (lead off or saturated), and record-level rows (shorter_than_window, no_beats,
+all_nan, signal_error, record_error). Each is also logged as a warning. Two-lead bundles
+(spectrogram.image two_lead) also read the record's second lead as the segment stage chose it
+(`data_prep.second_lead`): rows whose second lead is NaN or flat say "second lead" in the note
+column; a record without one is a missing_second_lead row or, as the bundle was trained, uses
+its first lead twice.
 
 Run: python -m pipeline.predict --bundle models/export/<run> RECORD_OR_FOLDER... --out p.csv
 A bad record is a record_error row, never the end of the run; the CSV is always written and the
@@ -108,8 +109,8 @@ class Bundle:
 
     def predict_signal(self, signal: np.ndarray, fs: float, beats: np.ndarray | None = None,
                        *, record: str = "signal", symbols: np.ndarray | None = None,
-                       second: np.ndarray | None = None, second_fs: float | None = None
-                       ) -> pd.DataFrame:
+                       second: np.ndarray | None = None, second_fs: float | None = None,
+                       lead: str = "") -> pd.DataFrame:
         """Classifies one in-memory lead (and, for two_lead bundles, its second lead).
 
         Args:
@@ -121,7 +122,14 @@ class Bundle:
             second: two_lead bundles: the second lead (as `signal`); None applies the bundle's
                 segment.second_lead_missing (`data_prep.second_lead`).
             second_fs: its sampling rate (default `fs`).
+            lead: the lead's name, for the lead column.
         """
+        return self._classify(signal, fs, beats, record, symbols, second, second_fs
+                              ).assign(lead=lead)
+
+    def _classify(self, signal: np.ndarray, fs: float, beats: np.ndarray | None, record: str,
+                  symbols: np.ndarray | None, second: np.ndarray | None,
+                  second_fs: float | None) -> pd.DataFrame:
         x = np.asarray(signal, dtype=np.float64)
         if x.ndim != 1:
             raise ValueError(f"signal must be one lead (1-D), got shape {x.shape}; pick a column")
@@ -184,8 +192,9 @@ class Bundle:
         x2, fs2 = (predict_records.second_lead(folder, header, channel,
                                                self.segment.second_leads, tolerant)
                    if leads_needed(self.spectrogram) > 1 else (None, None))
+        log.info("record %s: lead %s", name, header.sig_names[channel])
         return self.predict_signal(x, fs, beats, record=name, symbols=symbols, second=x2,
-                                   second_fs=fs2)
+                                   second_fs=fs2, lead=header.sig_names[channel])
 
     def predict_folder(self, folder: str | Path, annotator: str | None = BUNDLE_ANNOTATOR,
                        lead: str | None = None) -> pd.DataFrame:
@@ -223,11 +232,11 @@ class Bundle:
             assert beats is not None  # predict_signal detects them for beat bundles
             windows, centre, status = cut_beats(x, fs, beats, seg)
             starts, sample = centre - offset, np.asarray(beats, dtype=np.int64)
+            rr = self.rhythm(beats, fs, symbols)
         else:
             windows, starts, status = cut_fixed(x, fs, seg)
             sample, source = signals.map_samples(starts, seg.target_fs, fs), "window"
-        rr = (self.rhythm(sample, fs, symbols) if seg.label_mode == "beat" else
-              self.rhythm(self._window_beats(x, fs, beats), fs, None, starts))
+            rr = self.rhythm(self._window_beats(x, fs, beats), fs, None, starts)
         ok = np.flatnonzero(status == "")
         flat = flat_windows(x, fs, starts[ok], length, seg.target_fs)
         status[ok[flat]] = "flat"
@@ -245,7 +254,8 @@ class Bundle:
             probs[good] = self.predict_images(images, rr[good])
         symbols = np.asarray(symbols if symbols is not None else [""] * len(status), dtype=str)
         table = pd.DataFrame({
-            "record": record, "sample": sample, "time_s": sample / fs, "beat_source": source,
+            "record": record, "lead": "", "sample": sample, "time_s": sample / fs,
+            "beat_source": source,
             "symbol": symbols, "label": [self.labels.map.get(s, "") for s in symbols],
             "status": status.astype(str), "note": note.astype(str),
             "pred": np.where(good, np.asarray(self.classes)[np.nan_to_num(probs).argmax(1)], ""),

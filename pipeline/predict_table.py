@@ -11,7 +11,8 @@ import pandas as pd
 
 log = logging.getLogger("pipeline.predict")
 
-BASE = ("record", "sample", "time_s", "beat_source", "symbol", "label", "status", "note", "pred")
+BASE = ("record", "lead", "sample", "time_s", "beat_source", "symbol", "label", "status", "note",
+        "pred")
 
 
 def columns(classes: list[str]) -> list[str]:

@@ -49,7 +49,8 @@ def test_predict_record_equals_the_stage_images(bundle, built):
 def test_predict_signal_in_memory_equals_predict_record(bundle, built):
     x = wfdb_io.read_signal(built["raw"], "r3", 0)
     ann = wfdb_io.read_annotations(built["raw"], "r3", "atr")
-    table = bundle.predict_signal(x, 360, ann.sample, record="r3", symbols=ann.symbol)
+    table = bundle.predict_signal(x, 360, ann.sample, record="r3", symbols=ann.symbol,
+                                 lead="MLII")
     pd.testing.assert_frame_equal(table, bundle.predict_record(built["raw"] / "r3"))
 
 
@@ -67,11 +68,20 @@ def test_no_annotations_at_another_rate_uses_the_detector(bundle, tmp_path):
     np.testing.assert_allclose(table["time_s"], found / 500)
 
 
-def test_missing_lead_names_the_leads_present(bundle, tmp_path):
+def test_missing_lead_names_the_leads_present(bundle, tmp_path, caplog):
     write_record(tmp_path, "v", sig_names=("V1", "V5"))
     with pytest.raises(ValueError, match=r"leads \['V1', 'V5'\], none of .*MLII.*lead="):
         bundle.predict_record(tmp_path / "v")
-    assert (_ok(bundle.predict_record(tmp_path / "v.hea", lead="V5"))).shape[0] > 0
+    with caplog.at_level(logging.INFO, logger="pipeline.predict"):
+        table = bundle.predict_record(tmp_path / "v.hea", lead="V5")
+    assert _ok(table).shape[0] > 0
+    assert set(table["lead"]) == {"V5"}  # the lead read is in every row and in the log
+    assert "record v: lead V5" in caplog.text
+
+
+def test_lead_column_names_the_preferred_lead_of_two(bundle, tmp_path):
+    write_record(tmp_path, "two", sig_names=("V1", "MLII"))
+    assert set(bundle.predict_record(tmp_path / "two")["lead"]) == {"MLII"}
 
 
 def test_short_record_is_reported_not_classified(bundle, tmp_path, caplog):
@@ -121,7 +131,8 @@ def test_cli_writes_csv(built, tmp_path):
                   "--out", str(out), "--annotator", "none"])
     table = pd.read_csv(out, dtype={"record": str}, keep_default_na=False)
     assert set(table["record"]) == {"r1", "r2", "r3"} and (table["beat_source"] == "detector").all()
-    assert table.columns.tolist()[:3] == ["record", "sample", "time_s"]
+    assert table.columns.tolist()[:4] == ["record", "lead", "sample", "time_s"]
+    assert set(table["lead"]) == {"MLII"}
 
 
 def test_predict_imports_no_torch_timm_mlflow_dvc(built):
