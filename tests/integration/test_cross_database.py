@@ -60,7 +60,8 @@ def test_bundle_on_resampled_mitdb_records(built, physionet_mirror, tmp_path, mo
         {"tracking": {"experiment": "cross-it", "log_model": False},
          "evaluate": {"n_boot": 200, "seed": 3}}))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("ECG_PHYSIONET_MIRROR", str(tmp_path / "mirror"))  # no --mirror
     trained = Path("reports/synth/test_resnet-frozen")  # the training database's reports
     shutil.copytree(built["reports"], trained)
@@ -92,7 +93,7 @@ def test_bundle_on_resampled_mitdb_records(built, physionet_mirror, tmp_path, mo
 
     from mlflow import MlflowClient
 
-    client = MlflowClient()
+    client = MlflowClient(uri)  # not the process default: earlier tests in this worker set it
     [run] = client.search_runs([client.get_experiment_by_name("cross-it").experiment_id])
     assert run.info.run_id == summary["mlflow_run_id"]
     assert run.data.tags["cross.eval_database"] == DB and run.data.tags["cross.split"] == "test"
