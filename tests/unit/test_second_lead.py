@@ -3,20 +3,17 @@ record without one duplicated or skipped, always counted (data_prep.second_lead,
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from data_prep import layout, segment, spectrogram, wfdb_io
-from data_prep.configs import load_label_map
 from data_prep.second_lead import choose_second, cut_second
 from data_prep.windows import condition_and_cut
 from pipeline.export import recorded_preprocessing
-from pipeline.predict import Bundle
-from tests.helpers import REPO, committed_params
+from tests.helpers import committed_params
 from tests.helpers import segment_params as make_params
-from tests.synthetic import ecg_like, regular_beats, write_record, write_records_file
+from tests.holter import predicted_and_stage_images, segmented_holter
+from tests.synthetic import ecg_like, write_record, write_records_file
 
 FS = 360
 
@@ -113,44 +110,21 @@ def test_cut_second_status(bad):
 
 def test_two_lead_record_mode_predict_makes_the_stage_images(tmp_path, monkeypatch):
     """10 s windows of a two-lead 128 Hz database: stage and predict stack the same channels."""
-    reference = {"h1": "N", "h2": "A"}
-    raw = tmp_path / "raw" / "holter"
-    for i, name in enumerate(reference):
-        write_record(raw, name, fs=128, seconds=35.0, sig_names=("ECG1", "ECG2"),
-                     beats=regular_beats(128 * 35, 128, rr_s=0.7 + 0.1 * i), annotate=False)
-    write_records_file(raw, list(reference))
-    (raw / "REFERENCE.csv").write_text("".join(f"{r},{lab}\n" for r, lab in reference.items()))
-    data = committed_params()
-    data["segment"] |= {"label_mode": "record", "reference_csv": "REFERENCE.csv",
-                        "label_map": str(REPO / "configs/labels/challenge2017.yaml"),
-                        "leads": ["ECG2"], "second_leads": ["ECG1"], "max_skip_fraction": 0.5}
+    raw = segmented_holter(tmp_path, {"h1": "N", "h2": "A"}, second_leads=["ECG1"])
     seg_dir, spec_dir = tmp_path / "segments", tmp_path / "spectrograms"
-    segment.run(segment.SegmentParams.model_validate(data["segment"]), "holter",
-                tmp_path / "raw", seg_dir, databases_dir=tmp_path, workers=1)
     spectrogram.run(spectrogram.SpectrogramParams.model_validate(
-        data["spectrogram"] | {"image": "two_lead", "workers": 1, "preview_per_class": 1}),
-        seg_dir, spec_dir)
-    seg, image, described, _ = recorded_preprocessing(seg_dir, spec_dir)
+        committed_params()["spectrogram"] | {"image": "two_lead", "workers": 1,
+                                             "preview_per_class": 1}), seg_dir, spec_dir)
+    _, image, described, _ = recorded_preprocessing(seg_dir, spec_dir)
     assert image.image == "two_lead" and described["channels"] == 3
     assert image.nperseg == 64  # spectrogram.windows made these 10 s images
-    labels = load_label_map(Path(seg.label_map))
-    meta = {"classes": labels.classes, "model": {"rr_input": {"features": []}}}
-    bundle = Bundle(tmp_path, meta, seg, image, labels, session=None)
-    seen: list[np.ndarray] = []
-
-    def capture(images: np.ndarray, rr: np.ndarray | None = None) -> np.ndarray:
-        seen.append(images)
-        return np.full((len(images), len(labels.classes)), 1 / len(labels.classes), np.float32)
-
-    monkeypatch.setattr(bundle, "predict_images", capture)
-    index = layout.read_index(spec_dir / layout.INDEX)
-    for name in reference:
-        seen.clear()
-        bundle.predict_record(raw / name, annotator=None)
-        rows = index[index["record"] == name].sort_values("sample")
-        stage = layout.load_shard(spec_dir, name, mmap=False)[rows["row"].to_numpy()]
+    done = 0
+    for _, predicted, stage, _ in predicted_and_stage_images(tmp_path, seg_dir, spec_dir, raw,
+                                                              monkeypatch):
         assert stage.shape == (3, 3, 224, 224)
-        np.testing.assert_array_equal(np.concatenate(seen), stage)
+        np.testing.assert_array_equal(predicted, stage)
         assert not np.array_equal(stage[:, 0], stage[:, 1])  # two different leads
         assert not np.array_equal(stage[:, 0], stage[:, 2])  # and another resolution
+        done += 1
+    assert done == 2
     assert [c["nperseg"] for c in described["channel_list"]] == [64, 64, 16]

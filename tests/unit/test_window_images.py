@@ -11,13 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_prep import layout, segment, spectrogram
-from data_prep.configs import load_label_map
+from data_prep import layout, spectrogram
 from data_prep.stft import ImageParams, SpectrogramParams, WindowSTFT, plan, spectrogram_images
 from pipeline.export import recorded_preprocessing
-from pipeline.predict import Bundle
-from tests.helpers import REPO, committed_params
-from tests.synthetic import ecg_like, regular_beats, write_record, write_records_file
+from tests.helpers import committed_params
+from tests.holter import predicted_and_stage_images, segmented_holter
+from tests.synthetic import ecg_like, regular_beats
 
 FS = 250.0
 BEAT = ImageParams(window="hann", nperseg=32, noverlap=29, nfft=256, fmin_hz=0.0, fmax_hz=40.0,
@@ -118,40 +117,17 @@ REFERENCE = {"x1": "N", "x2": "A"}
 def test_predict_in_record_mode_makes_the_stage_images(tmp_path: Path, monkeypatch) -> None:
     """A bundle's preprocessing is what the stages recorded (export.recorded_preprocessing);
     predict cuts a record into the same 10 s windows and makes the same images from it."""
-    raw = tmp_path / "raw" / "holter"
-    for i, name in enumerate(REFERENCE):  # 128 Hz, two leads, as a Holter database
-        write_record(raw, name, fs=128, seconds=35.0, sig_names=("ECG1", "ECG2"),
-                     beats=regular_beats(128 * 35, 128, rr_s=0.7 + 0.1 * i), annotate=False)
-    write_records_file(raw, list(REFERENCE))
-    (raw / "REFERENCE.csv").write_text("".join(f"{r},{lab}\n" for r, lab in REFERENCE.items()))
-    data = committed_params()
-    data["segment"] |= {"label_mode": "record", "reference_csv": "REFERENCE.csv",
-                        "label_map": str(REPO / "configs/labels/challenge2017.yaml"),
-                        "leads": ["ECG2"], "max_skip_fraction": 0.5}
+    raw = segmented_holter(tmp_path, REFERENCE)  # 128 Hz, two leads, as a Holter database
     seg_dir, spec_dir = tmp_path / "segments", tmp_path / "spectrograms"
-    segment.run(segment.SegmentParams.model_validate(data["segment"]), "holter",
-                tmp_path / "raw", seg_dir, databases_dir=tmp_path, workers=1)
     spectrogram.run(committed(), seg_dir, spec_dir)
-    seg, image, _, _ = recorded_preprocessing(seg_dir, spec_dir)
-    assert image == window_image(committed())
-    labels = load_label_map(Path(seg.label_map))
-    meta = {"classes": labels.classes, "model": {"rr_input": {"features": []}}}
-    bundle = Bundle(tmp_path, meta, seg, image, labels, session=None)
-    seen: list[np.ndarray] = []
-
-    def capture(images: np.ndarray, rr: np.ndarray | None = None) -> np.ndarray:
-        seen.append(images)
-        return np.full((len(images), len(labels.classes)), 1 / len(labels.classes), np.float32)
-
-    monkeypatch.setattr(bundle, "predict_images", capture)
-    index = layout.read_index(spec_dir / layout.INDEX)
-    for name in REFERENCE:
-        seen.clear()
-        table = bundle.predict_record(raw / name, annotator=None)
-        rows = index[index["record"] == name].sort_values("sample")
+    assert recorded_preprocessing(seg_dir, spec_dir)[1] == window_image(committed())
+    done = 0
+    for table, predicted, stage, rows in predicted_and_stage_images(
+            tmp_path, seg_dir, spec_dir, raw, monkeypatch):
         assert table["sample"].tolist() == [round(s * 128 / 250) for s in rows["sample"]]
-        stage = layout.load_shard(spec_dir, name, mmap=False)[rows["row"].to_numpy()]
-        assert len(stage) == 3 and np.array_equal(np.concatenate(seen), stage)
+        assert len(stage) == 3 and np.array_equal(predicted, stage)
+        done += 1
+    assert done == len(REFERENCE)
 
 
 def test_squeezed_frames_are_warned_and_an_unknown_label_mode_fails(tmp_path: Path,
