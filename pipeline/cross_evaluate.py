@@ -36,7 +36,7 @@ from data_prep.cli import DEBUG_FLAG, run_main
 from data_prep.configs import DATABASES_DIR, DatabaseConfig, load_database
 from data_prep.layout import atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, read_yaml
-from pipeline import cross_reference, record_level
+from pipeline import cross_reference, predict_table, record_level
 from pipeline.predict import BASE, Bundle, load_bundle
 from pipeline.report_folder import (
     CONFUSION,
@@ -68,10 +68,10 @@ def predict_rows(bundle: Bundle, folder: Path, records: list[str], config: Datab
     for record in records:
         lead = cross_reference.choose_lead(bundle, folder, record, config)
         if lead is None:  # predict_record would name only the bundle's leads
-            table = bundle._problem(record, "missing_lead", (
+            table = predict_table.problem(record, "missing_lead", (
                 f"record {record}: none of the bundle's leads {bundle.segment.leads} nor the "
                 f"database config's {config.leads}; add its lead name to "
-                f"configs/databases/{folder.name}.yaml leads:"))
+                f"configs/databases/{folder.name}.yaml leads:"), bundle.classes)
         else:  # predict logs the lead it reads
             table = bundle.predict_record_or_error(folder / record, annotator, lead)
         table = cross_reference.label_rows(bundle, folder, record, table, annotator, reference)
