@@ -201,6 +201,16 @@ def _channels(meta: dict) -> str:
         f"{c['lead']}, {c['nperseg']}-sample window ({c['window_ms']:.0f} ms)" for c in listed)
 
 
+def _head(arch: dict[str, Any]) -> str:
+    if not arch:
+        return "n/a"
+    text = f"{arch['head']} over {arch['inputs']}, {arch['heads']} fold head(s) averaged"
+    if arch.get("rr_lda_weight"):
+        text += (f"; each mixed with a linear discriminant on log RR features "
+                 f"(weight {arch['rr_lda_weight']})")
+    return text
+
+
 def render_model_card(meta: dict[str, Any]) -> str:
     """model_card.md from a bundle's metadata (see `pipeline.export` for the keys)."""
     seg = meta["preprocessing"]["segment"]
@@ -221,6 +231,7 @@ def render_model_card(meta: dict[str, Any]) -> str:
         "## Model", "",
         f"- {model['backbone']} ({model['freeze']} backbone), ImageNet weights: "
         f"{model.get('weights', {}).get('describe', 'n/a')}",
+        f"- head: {_head(model.get('architecture') or {})}",
         f"- ONNX opset {model['opset']}, input `{INPUT_NAME}` uint8-valued "
         f"({', '.join(map(str, model['input']['shape']))}), outputs `probs` (softmax) and "
         "`logits`; "

@@ -3,7 +3,9 @@
 `build` makes the network the run trains (`fusion.FusedNet`: a timm backbone without its
 classifier, frozen as asked, and one fusion head per fold). `fit_folds` trains each head (with
 the backbone in partial/full modes) on its fold's training rows, early-stopped on the fold's
-validation rows, and returns every fit's history and out-of-fold probabilities.
+validation rows, and returns every fit's history and out-of-fold probabilities. With
+`train.rr_lda_weight` each fold's head is mixed with a rhythm discriminant fitted on the same
+training rows (`rhythm_prior`); the out-of-fold probabilities are those of the mix.
 
 In frozen mode the backbone's features come from the shared `feature_store` (computed once per
 image, reused by every run); with inputs "rr" no backbone runs at all.
@@ -20,6 +22,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from pipeline import data, distributed
@@ -29,6 +32,7 @@ from pipeline.feature_store import FeatureStore
 from pipeline.freeze import FreezeMode, FreezeReport, apply_freeze, param_groups
 from pipeline.fusion import FusedNet, FusionHead, HeadEnsemble, feature_width, uses_image
 from pipeline.models import build_model, model_data_config
+from pipeline.rhythm_prior import RhythmDiscriminant, RhythmMix
 from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
 from pipeline.weights import WeightsSource
 
@@ -50,10 +54,19 @@ def assemble(backbone: str, freeze: str, params: dict, arch: dict, num_classes: 
                           params["pre_logits"])
     model.reset_classifier(0)  # type: ignore[operator]  # the fusion head classifies
     arch["image_dim"] = feature_width(model) if uses_image(arch["inputs"]) else 0
-    heads = [FusionHead(arch["image_dim"], len(arch["rr_features"]), num_classes, arch["head"],
-                        arch["hidden"], arch["dropout"]) for _ in range(arch["heads"])]
+    rr_dim = len(arch["rr_features"])
+    heads = [_member(FusionHead(arch["image_dim"], rr_dim, num_classes, arch["head"],
+                                arch["hidden"], arch["dropout"]), rr_dim, num_classes,
+                     arch.get("rr_lda_weight", 0.0)) for _ in range(arch["heads"])]
     net = FusedNet(model, HeadEnsemble(heads, num_classes), arch["inputs"])
     return net, report, model_data_config(model)
+
+
+def _member(head: FusionHead, rr_dim: int, num_classes: int, weight: float) -> nn.Module:
+    """One ensemble member: the head, mixed with a rhythm discriminant when weighted."""
+    if not weight or not rr_dim:
+        return head
+    return RhythmMix(head, RhythmDiscriminant(rr_dim, num_classes), weight)
 
 
 @dataclass
@@ -77,7 +90,8 @@ def build(params: Any, backbone: str, freeze: str, num_classes: int, image_size:
     """Builds (seeded) and freezes the run's network; `params` is the train section."""
     torch.manual_seed(params.seed)  # the heads (and random weights) are seeded too
     arch = {"inputs": params.inputs, "head": params.head, "hidden": params.head_hidden,
-            "dropout": params.head_dropout, "rr_features": list(rr_features), "heads": n_heads}
+            "dropout": params.head_dropout, "rr_features": list(rr_features), "heads": n_heads,
+            "rr_lda_weight": params.rr_lda_weight if rr_features else 0.0}
     net, report, data_config = assemble(backbone, freeze, params.model_dump(), arch,
                                         num_classes, weights)
     spec = preprocess_spec(data_config, params.channels, image_size)
@@ -141,11 +155,10 @@ def fit_folds(setup: Setup, inputs: RunInputs, folds: list[Fold], cfg: FitConfig
     fits = []
     heads = cast(HeadEnsemble, setup.net.head).heads
     for k, fold in enumerate(folds):
-        head = cast(FusionHead, heads[k])
-        head.rr_norm.fit(torch.from_numpy(inputs.rr[fold.train]))  # train rows only
+        targets = inputs.frame["target"].to_numpy()[fold.train]
+        member, head = _fit_fixed_parts(heads[k], inputs.rr[fold.train], targets)
         cached = inputs.features is not None
         module = head if cached else FusedNet(setup.net.backbone, head, setup.arch["inputs"])
-        targets = inputs.frame["target"].to_numpy()[fold.train]
         groups = param_groups(head, cfg.lr, cfg.weight_decay, None)
         if not cached and setup.net.backbone is not None:
             decay = params.layer_decay if freeze != "frozen" else None
@@ -158,12 +171,24 @@ def fit_folds(setup: Setup, inputs: RunInputs, folds: list[Fold], cfg: FitConfig
                      prepare=None if cached else setup.prepare, class_weights=weight_fn(targets),
                      sampler_generator=loaders["generator"], on_epoch_end=on_epoch(fold),
                      gather=distributed.gather)
-        logits, _ = predict(module, loaders["val"], device, None if cached else setup.prepare)
+        scored = member if cached else FusedNet(setup.net.backbone, member, setup.arch["inputs"])
+        logits, _ = predict(scored, loaders["val"], device, None if cached else setup.prepare)
         probs = torch.softmax(distributed.gather(logits).float(), 1).cpu().numpy()
         fits.append(FoldFit(fold, result, probs))
         log.info("%s: best epoch %d, val macro-F1 %.4f", fold.name, result.best_epoch,
                  result.best_score)
     return fits
+
+
+def _fit_fixed_parts(member: nn.Module, rr: np.ndarray,
+                     targets: np.ndarray) -> tuple[nn.Module, FusionHead]:
+    """Fits what the loop does not train on the fold's training rows: the rhythm
+    standardisation and any rhythm discriminant. Returns the member and its trainable head."""
+    head = cast(FusionHead, member.head if isinstance(member, RhythmMix) else member)
+    head.rr_norm.fit(torch.from_numpy(rr))
+    if isinstance(member, RhythmMix):
+        member.discriminant.fit(rr, targets)
+    return member, head
 
 
 def _backbone_groups(backbone: torch.nn.Module, cfg: FitConfig,

@@ -56,6 +56,9 @@ def test_run_writes_a_complete_bundle(built):
     assert meta["preprocessing"]["rhythm"]["features"] == list(rhythm.BEAT_FEATURES)
     card = (folder / bundle.MODEL_CARD).read_text()
     assert "NOT a medical device" in card and "| V |" in card and "load_bundle" in card
+    # the committed default: the ONNX graph (parity above) carries the rhythm discriminant
+    assert meta["model"]["architecture"]["rr_lda_weight"] == 0.25
+    assert "mixed with a linear discriminant on log RR features (weight 0.25)" in card
     caveats = meta["metrics"]["test"]["caveats"]  # a few test beats per class: all flagged
     assert caveats and all(c in card for c in caveats) and "Caveats:\n" in card
 

@@ -43,7 +43,7 @@ def test_run_writes_all_outputs(tmp_path, folders, freeze):
     spec, splits = folders
     store = tmp_path / "store"
     params = make_params(max_per_class={"train": 6}, lr={"frozen": 1e-2, "full": 1e-3},
-                         feature_cache_dir=str(store))
+                         feature_cache_dir=str(store), rr_lda_weight=0.0)  # validation = history
     out = tmp_path / "run"
     metrics = train.run(params, "test_resnet", freeze, spec, splits, out)
 
