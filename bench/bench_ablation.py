@@ -2,13 +2,15 @@
 
 Trains and evaluates one frozen-backbone model per input choice with the repository's params
 (only `train.inputs` differs), reusing the shared feature store (the CNN runs once per image,
-for all three), and prints one table of test (unseen patients) N/S/V/F Se, +P and F1 with
-record-bootstrap 95 % intervals next to the published de Chazal et al. 2004 row. Each run is
-an MLflow run tagged with its `inputs`, so the compare view shows them side by side.
+for all of them), and prints one table of test (unseen patients) N/S/V/F Se, +P and F1 with
+record-bootstrap 95 % intervals next to the published de Chazal et al. 2004 row. A fourth row,
+image+rr without the rhythm discriminant (`train.rr_lda_weight: 0`), shows what the
+discriminant adds. Each run is an MLflow run tagged with its `inputs`, so the compare view
+shows them side by side.
 
 Run after the data stages (`dvc repro spectrogram`, or `make cpu-full`):
     python -m bench.bench_ablation --backbone tf_mobilenetv3_small_100
-Writes <out>/<inputs>/{model,report}/ and <out>/ablation.md (the table).
+Writes <out>/<row>/{model,report}/ and <out>/ablation.md (the table).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from pathlib import Path
 from data_prep.params import DEFAULT_PARAMS, load_section
 from pipeline import evaluate, run_tracking, train
 
-INPUTS = ("image", "rr", "image+rr")
+# row name -> train overrides; the rows that see rhythm keep the default discriminant weight
+ROWS = {"image": {"inputs": "image"}, "rr": {"inputs": "rr"}, "image+rr": {"inputs": "image+rr"},
+        "image+rr, no discriminant": {"inputs": "image+rr", "rr_lda_weight": 0.0}}
 CLASSES = ("N", "S", "V", "F")
 # de Chazal, O'Dwyer, Reilly, IEEE TBME 51(7) 2004, DS1 -> DS2 (../shared/ANCHORS.md); F1 from
 # the published Se/+P; N and F not reported as Se/+P pairs there.
@@ -61,14 +65,14 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def run_one(inputs: str, args: argparse.Namespace) -> dict:
+def run_one(name: str, args: argparse.Namespace) -> dict:
     params = load_section("train", train.TrainParams, args.params)
-    update = {"inputs": inputs, "device": args.device}
+    update = {**ROWS[name], "device": args.device}
     if args.batch_size:
         update["batch_size"] = args.batch_size
     params = params.model_copy(update=update)
     tracking = run_tracking.load_tracking(args.params) if args.mlflow else None
-    folder = args.out / inputs.replace("+", "_")
+    folder = args.out / name.replace("+", "_").replace(", ", "_").replace(" ", "_")
     train.run(params, args.backbone, "frozen", args.spectrograms, args.splits, folder / "model",
               tracking)
     eval_params = load_section("evaluate", evaluate.EvaluateParams, args.params)
@@ -87,16 +91,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, help="train.batch_size (make cpu-full: 256)")
     parser.add_argument("--device", default="auto", help="train.device")
     parser.add_argument("--no-mlflow", dest="mlflow", action="store_false",
-                        help="do not log the three runs to MLflow")
+                        help="do not log the runs to MLflow")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    results = {inputs: run_one(inputs, args) for inputs in INPUTS}
+    results = {name: run_one(name, args) for name in ROWS}
     text = table(results)
     (args.out / "ablation.md").write_text(text + "\n")
     print(text)
     s, v = (results["image+rr"][c]["f1"] - results["rr"][c]["f1"] for c in ("S", "V"))
     print(f"\nimage+rr - rr: S F1 {s:+.3f}, V F1 {v:+.3f}, macro-F1 N/S/V/F "
           f"{results['image+rr']['macro_f1_nsvf'] - results['rr']['macro_f1_nsvf']:+.3f}")
+    alone = results["image+rr, no discriminant"]
+    print("rhythm discriminant: " + ", ".join(
+        f"{c} F1 {results['image+rr'][c]['f1'] - alone[c]['f1']:+.3f}" for c in ("S", "V")))
 
 
 if __name__ == "__main__":
