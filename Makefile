@@ -71,3 +71,4 @@ lint: $(STAMP)
 bench: $(STAMP)
 	python -m bench.bench_spectrogram
 	python -m bench.bench_feature_cache
+	python -m bench.bench_memory_format

@@ -222,9 +222,7 @@ def fit(
     Returns:
         The history and the best epoch; the module is left with the best epoch's weights.
     """
-    module.to(device)
-    if device.type == "cuda":
-        module.to(memory_format=torch.channels_last)
+    module.to(device).to(memory_format=torch.channels_last)  # as its inputs (pipeline.device)
     if prepare is not None:
         prepare.to(device)
     optimizer = make_optimizer(param_groups, cfg)

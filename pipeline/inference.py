@@ -33,14 +33,13 @@ def predict_probs(model: torch.nn.Module, preprocess: Preprocess | None, loader:
     """float32 softmax probabilities (n, K) of every batch, in loader order.
 
     Batches are (images, rr, y) (`preprocess` prepares the images) or (features, rr, y)
-    (`preprocess` None). On CUDA: channels_last and (with `amp`) bf16 autocast; the softmax
+    (`preprocess` None). channels_last, and on CUDA (with `amp`) bf16 autocast; the softmax
     is taken in float32.
     """
     model.to(device).eval()
     if preprocess is not None:
         preprocess.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)
     probs = []
     for batch in tqdm(loader, desc=desc, dynamic_ncols=True):
         x, _ = split_batch(batch)
