@@ -4,9 +4,9 @@ de Chazal et al. 2004 classify unseen patients' beats with a linear discriminant
 (and morphology). One pooled covariance and equal class priors give it a few dozen parameters,
 so it carries over to new patients, where an MLP that also sees a thousand image features learns
 the training patients. On mitdb DS1 out-of-fold validation (4 patient folds; the test split never
-read), mixing it into the image+rr MLP raised macro-F1 N/S/V/F from 0.521 to 0.540 (S F1 0.434
--> 0.469, V 0.672 -> 0.703) at weights 0.2 to 0.35. On raw instead of log features it lowered it
-(0.47).
+read), mixing it into the image+rr MLP at weight 0.25 raised macro-F1 N/S/V/F from 0.510 to
+0.529 (S F1 0.403 -> 0.462, V 0.670 -> 0.685); weights 0.2 to 0.35 scored alike. On raw
+instead of log features it lowered it (0.47).
 
 The mix is geometric: log p = (1 - w) log p_head + w log p_lda (renormalised), so w = 0 is the
 head alone. Features enter as logs: RR durations are closer to log-normal, and a ratio becomes a
