@@ -56,6 +56,7 @@ def test_run_writes_all_outputs(tmp_path, folders, freeze):
     assert metrics["val_images"] == 11 + 5 + 5
     resolved = json.loads((out / "resolved_config.json").read_text())
     assert resolved["classes"] == CLASSES and resolved["freeze"] == freeze
+    assert resolved["model"]["rr_lda_weight"] == 0.0  # heads alone: nothing mixed in
     assert resolved["preprocessing"]["channels"] == "grey3"
     assert len(resolved["preprocessing"]["mean"]) == 3
     assert resolved["preprocessing"]["crop_pct"] == 1
