@@ -142,7 +142,7 @@ def barrier() -> None:
 def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel around a module with trainable parameters (else unchanged).
 
-    The module goes to `device` (channels_last on CUDA) first, as DDP needs. On CUDA,
+    The module goes to `device` and channels_last (`pipeline.device`) first, as DDP needs. On CUDA,
     trainable BatchNorm layers become SyncBatchNorm: batch statistics over the global batch, as
     in one process (frozen ones are FrozenBatchNorm and stay so). CPU has no SyncBatchNorm.
     """
@@ -151,7 +151,7 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     module.to(device)
     if device.type == "cuda":
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        module.to(memory_format=torch.channels_last)
+    module.to(memory_format=torch.channels_last)  # as engine.fit does, but before DDP's buckets
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids)
 
