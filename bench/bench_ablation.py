@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 
 from data_prep.params import DEFAULT_PARAMS, load_section
@@ -72,7 +73,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         update["batch_size"] = args.batch_size
     params = params.model_copy(update=update)
     tracking = run_tracking.load_tracking(args.params) if args.mlflow else None
-    folder = args.out / name.replace("+", "_").replace(", ", "_").replace(" ", "_")
+    folder = args.out / re.sub(r"\W+", "_", name)  # image_rr_no_discriminant
     train.run(params, args.backbone, "frozen", args.spectrograms, args.splits, folder / "model",
               tracking)
     eval_params = load_section("evaluate", evaluate.EvaluateParams, args.params)

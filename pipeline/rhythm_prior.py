@@ -35,8 +35,9 @@ ABSENT = -1.0e4  # score of a class the training rows do not hold
 LOG_PROB_FLOOR = float(np.log(1e-9))
 
 
-def log_features(rr: np.ndarray) -> np.ndarray:
-    return np.log(np.maximum(np.asarray(rr, dtype=np.float64), LOG_FLOOR))
+def log_features(rr: Tensor) -> Tensor:
+    """The discriminant's input, one definition for fitting (float64) and the graph (float32)."""
+    return rr.clamp_min(LOG_FLOOR).log()
 
 
 class RhythmDiscriminant(nn.Module):
@@ -59,7 +60,7 @@ class RhythmDiscriminant(nn.Module):
         lda = LinearDiscriminantAnalysis(priors=np.full(present.size, 1.0 / present.size))
         with warnings.catch_warnings():  # ratios are exact differences of the logged intervals
             warnings.filterwarnings("ignore", message="Variables are collinear")
-            lda.fit(log_features(rr), targets)
+            lda.fit(log_features(torch.as_tensor(rr, dtype=torch.float64)).numpy(), targets)
         coef, intercept = lda.coef_, lda.intercept_
         if present.size == 2:  # scikit-learn keeps one function: the second class's log-odds
             coef = np.stack([np.zeros_like(coef[0]), coef[0]])
@@ -71,7 +72,7 @@ class RhythmDiscriminant(nn.Module):
         return self
 
     def forward(self, rr: Tensor) -> Tensor:
-        scores = rr.float().clamp_min(LOG_FLOOR).log() @ self.coef.T + self.intercept
+        scores = log_features(rr.float()) @ self.coef.T + self.intercept
         return torch.log_softmax(scores, dim=1).clamp_min(LOG_PROB_FLOOR)
 
 
