@@ -154,6 +154,7 @@ class _Loop:
     step: int = 0
     gather: Gather = field(default=lambda t: t)  # `distributed.gather` in data-parallel runs
     select: tuple[int, ...] | None = None  # FitConfig.select
+    scorer: nn.Module | None = None  # what validation scores; None: `module`
 
 
 def train_epoch(loop: _Loop, loader: DataLoader, desc: str) -> dict[str, float]:
@@ -201,6 +202,7 @@ def fit(
     sampler_generator: torch.Generator | None = None,
     on_epoch_end: EpochCallback | None = None,
     gather: Gather | None = None,
+    scorer: nn.Module | None = None,
 ) -> FitResult:
     """Trains `module`, resuming from `checkpointer` when it holds this run's last epoch.
 
@@ -218,17 +220,23 @@ def fit(
         on_epoch_end: called with the history so far after each epoch's checkpoint is written.
         gather: concatenates every process's logits/targets (`distributed.gather`) so that the
             metrics of a data-parallel run cover all of its batches; None in one process.
+        scorer: the module whose validation output selects the epoch, when it is not `module`
+            itself (a head mixed with a fixed rhythm discriminant: `fitting`); it must hold
+            `module`'s trained parameters.
 
     Returns:
         The history and the best epoch; the module is left with the best epoch's weights.
     """
-    module.to(device).to(memory_format=torch.channels_last)  # as its inputs (pipeline.device)
+    for part in (module, scorer):
+        if part is not None:  # channels_last as its inputs (pipeline.device)
+            part.to(device).to(memory_format=torch.channels_last)
     if prepare is not None:
         prepare.to(device)
     optimizer = make_optimizer(param_groups, cfg)
     scheduler = make_scheduler(optimizer, cfg, len(train_loader))
     criterion = WeightedCrossEntropy(class_weights, cfg.label_smoothing, gather).to(device)
-    loop = _Loop(module, optimizer, scheduler, criterion, device, prepare, select=cfg.select)
+    loop = _Loop(module, optimizer, scheduler, criterion, device, prepare, select=cfg.select,
+                 scorer=scorer)
     if gather is not None:
         loop.gather = gather
     result = FitResult()
@@ -271,7 +279,8 @@ def _run_epoch(
 ) -> dict[str, float]:
     lr = max(g["lr"] for g in loop.optimizer.param_groups)  # the head's, at the epoch's start
     train = train_epoch(loop, train_loader, desc=f"epoch {epoch + 1}/{epochs}")
-    logits, targets = predict(loop.module, val_loader, loop.device, loop.prepare, "val")
+    scorer = loop.module if loop.scorer is None else loop.scorer
+    logits, targets = predict(scorer, val_loader, loop.device, loop.prepare, "val")
     select = list(loop.select) if loop.select is not None else None
     val = classification_metrics(loop.gather(logits), loop.gather(targets), select)
     row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train.items()}}

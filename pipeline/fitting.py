@@ -5,7 +5,8 @@ classifier, frozen as asked, and one fusion head per fold). `fit_folds` trains e
 the backbone in partial/full modes) on its fold's training rows, early-stopped on the fold's
 validation rows, and returns every fit's history and out-of-fold probabilities. With
 `train.rr_lda_weight` each fold's head is mixed with a rhythm discriminant fitted on the same
-training rows (`rhythm_prior`); the out-of-fold probabilities are those of the mix.
+training rows (`rhythm_prior`); epochs are selected on the mix and the out-of-fold
+probabilities are the mix's.
 
 In frozen mode the backbone's features come from the shared `feature_store` (computed once per
 image, reused by every run); with inputs "rr" no backbone runs at all.
@@ -165,13 +166,13 @@ def fit_folds(setup: Setup, inputs: RunInputs, folds: list[Fold], cfg: FitConfig
             groups += _backbone_groups(setup.net.backbone, cfg, decay)
         sets = {"train": inputs.dataset(fold.train), "val": inputs.dataset(fold.val)}
         loaders = _loaders(sets, targets, params, device, cached)
+        scored = member if cached else FusedNet(setup.net.backbone, member, setup.arch["inputs"])
         result = fit(distributed.wrap(module, device), groups, loaders["train"], loaders["val"],
                      cfg, device, distributed.MainOnlyCheckpointer(
                          out / fold.name if len(folds) > 1 else out, fingerprint),
                      prepare=None if cached else setup.prepare, class_weights=weight_fn(targets),
                      sampler_generator=loaders["generator"], on_epoch_end=on_epoch(fold),
-                     gather=distributed.gather)
-        scored = member if cached else FusedNet(setup.net.backbone, member, setup.arch["inputs"])
+                     gather=distributed.gather, scorer=scored if member is not head else None)
         logits, _ = predict(scored, loaders["val"], device, None if cached else setup.prepare)
         probs = torch.softmax(distributed.gather(logits).float(), 1).cpu().numpy()
         fits.append(FoldFit(fold, result, probs))

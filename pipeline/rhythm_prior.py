@@ -14,9 +14,10 @@ difference, so the discriminant is the same whether an interval comes as seconds
 Window statistics that can be 0 (RMSSD, pNN50) are raised to LOG_FLOOR first.
 The discriminant's log-probabilities are floored at log(1e-9) (LOG_PROB_FLOOR), as validated.
 
-The head trains and is early-stopped alone (as validated); the fold's discriminant is fitted on
-the same training rows with scikit-learn and stored as two buffers, so the exported ONNX model
-and `pipeline.predict` compute the mix without scikit-learn.
+The head trains alone; its epoch is selected (and early-stopped) on the mix's validation output,
+the model that ships (the same out-of-fold macro-F1 as selecting on the head: 0.530 vs 0.529).
+The fold's discriminant is fitted on the same training rows with scikit-learn and stored as two
+buffers, so the exported ONNX model and `pipeline.predict` compute the mix without scikit-learn.
 """
 
 from __future__ import annotations

@@ -130,8 +130,7 @@ def run(
         if cached:
             inputs.features = fitting.cached_features(
                 setup, Path(params.feature_cache_dir or FEATURE_STORE), spectrograms, trainval,
-                device, 2 * params.batch_size,  # no gradients to keep: twice the batch fits
-                params.feature_dtype)
+                device, params.feature_batch_size, params.feature_dtype)
         fits = fitting.fit_folds(
             setup, inputs, folds, _fit_config(params, freeze, select), params, freeze, device,
             out / CHECKPOINT, fingerprint, partial(_class_weights, params, len(classes)),

@@ -50,6 +50,7 @@ class TrainParams(StrictModel):
     cache_features: bool
     feature_cache_dir: str | None = None
     feature_dtype: Literal["float16", "float32"]
+    feature_batch_size: int = Field(ge=1)
     augment: AugmentParams
     nproc: int = Field(default=1, ge=1)
     inputs: Inputs

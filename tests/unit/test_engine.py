@@ -134,6 +134,33 @@ def test_early_stopping_on_val_macro_f1(tmp_path):
     assert result.stopped_early and len(result.history) == result.best_epoch + 2
 
 
+class Oracle(nn.Module):
+    """Scores with the trained head's parameters, but answers the class coded in column 0."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.0 * self.head(x) + nn.functional.one_hot(x[:, 0].long(), 3).float()
+
+
+def test_epochs_are_selected_on_the_scorer_output_when_one_is_given(tmp_path):
+    torch.manual_seed(0)
+    val_y = torch.randint(0, 3, (30,))
+    val_x = torch.cat([val_y[:, None].float(), torch.randn(30, 7)], 1)
+    val = data.make_loader(TensorDataset(val_x, val_y), 30, CPU, 0, batch_index=True)
+    train = data.make_loader(TensorDataset(torch.randn(30, 8), torch.randint(0, 3, (30,))), 10,
+                             CPU, 0, batch_index=True)
+    head = nn.Linear(8, 3)
+    cfg = FitConfig(epochs=6, lr=1e-2, warmup_epochs=0, patience=2)
+    result = fit(head, [{"params": list(head.parameters())}], train, val, cfg, CPU,
+                 Checkpointer(tmp_path, "fp"), scorer=Oracle(head))
+    assert [row["val_macro_f1"] for row in result.history] == [1.0, 1.0, 1.0]
+    assert result.best_epoch == 1 and result.stopped_early
+    assert result.history[0]["train_macro_f1"] < 1.0  # the head itself was trained, not scored
+
+
 def test_schedule_warms_up_then_decays_and_keeps_layer_ratios():
     a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
     cfg = FitConfig(epochs=4, lr=1.0, warmup_epochs=1)
