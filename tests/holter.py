@@ -15,7 +15,7 @@ from data_prep.configs import load_label_map
 from pipeline.export import recorded_preprocessing
 from pipeline.predict import Bundle
 from tests.helpers import REPO, committed_params
-from tests.synthetic import regular_beats, write_record, write_records_file
+from tests.synthetic import ecg_like, regular_beats, write_record, write_records_file
 
 
 def segmented_holter(tmp_path: Path, reference: dict[str, str], **segment_overrides) -> Path:
@@ -23,8 +23,13 @@ def segmented_holter(tmp_path: Path, reference: dict[str, str], **segment_overri
     the segment stage in record mode into <tmp>/segments (lead ECG2); returns the raw folder."""
     raw = tmp_path / "raw" / "holter"
     for i, name in enumerate(reference):
-        write_record(raw, name, fs=128, seconds=35.0, sig_names=("ECG1", "ECG2"),
-                     beats=regular_beats(128 * 35, 128, rr_s=0.7 + 0.1 * i), annotate=False)
+        beats = regular_beats(128 * 35, 128, rr_s=0.7 + 0.1 * i)
+        lead = ecg_like(128 * 35, 128, beats)
+        # ECG1 differs in shape, not only in scale: per-image dB scaling makes a scaled copy's
+        # spectrogram the same image, and two-lead tests must tell the leads apart
+        write_record(raw, name, fs=128, seconds=35.0, sig_names=("ECG1", "ECG2"), beats=beats,
+                     signal=np.column_stack([np.gradient(lead) * 5.0, 0.7 * lead]),
+                     annotate=False)
     write_records_file(raw, list(reference))
     (raw / "REFERENCE.csv").write_text("".join(f"{r},{lab}\n" for r, lab in reference.items()))
     params = committed_params()["segment"] | {
