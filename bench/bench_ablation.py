@@ -1,12 +1,13 @@
-"""What each input adds: image only, rr only and image+rr on the same split, head and seed.
+"""What each input adds: image, RR features, beat shape and their fusions on one split, head
+and seed.
 
 Trains and evaluates one frozen-backbone model per input choice with the repository's params
-(only `train.inputs` differs), reusing the shared feature store (the CNN runs once per image,
-for all of them), and prints one table of test (unseen patients) N/S/V/F Se, +P and F1 with
-record-bootstrap 95 % intervals next to the published de Chazal et al. 2004 row. A fourth row,
-image+rr without the rhythm discriminant (`train.rr_lda_weight: 0`), shows what the
-discriminant adds. Each run is an MLflow run tagged with its `inputs`, so the compare view
-shows them side by side.
+(only `train.inputs` and `train.morphology` differ), reusing the shared feature store (the CNN
+runs once per image, for all of them), and prints one table of test (unseen patients) N/S/V/F
+Se, +P and F1 with record-bootstrap 95 % intervals next to the published de Chazal et al. 2004
+row. A last row, the default model without the rhythm discriminant (`train.rr_lda_weight: 0`),
+shows what the discriminant adds. Each run is an MLflow run tagged with its `inputs` and
+`morphology`, so the compare view shows them side by side.
 
 Run after the data stages (`dvc repro spectrogram`, or `make cpu-full`):
     python -m bench.bench_ablation --backbone tf_mobilenetv3_small_100
@@ -24,9 +25,15 @@ from pathlib import Path
 from data_prep.params import DEFAULT_PARAMS, load_section
 from pipeline import evaluate, run_tracking, train
 
-# row name -> train overrides; the rows that see rhythm keep the default discriminant weight
-ROWS = {"image": {"inputs": "image"}, "rr": {"inputs": "rr"}, "image+rr": {"inputs": "image+rr"},
-        "image+rr, no discriminant": {"inputs": "image+rr", "rr_lda_weight": 0.0}}
+# row name -> train overrides; the rows that see rhythm keep the default discriminant weight.
+# "rr" is the RR features alone; "+shape" adds each beat's shape against its record's median
+# beat (segment.morphology, train.morphology), which needs no CNN either.
+ROWS = {"image": {"inputs": "image"},
+        "rr": {"inputs": "rr", "morphology": False},
+        "rr+shape": {"inputs": "rr"},
+        "image+rr": {"inputs": "image+rr", "morphology": False},
+        "image+rr+shape": {"inputs": "image+rr"},
+        "image+rr+shape, no discriminant": {"inputs": "image+rr", "rr_lda_weight": 0.0}}
 CLASSES = ("N", "S", "V", "F")
 # de Chazal, O'Dwyer, Reilly, IEEE TBME 51(7) 2004, DS1 -> DS2 (../shared/ANCHORS.md); F1 from
 # the published Se/+P; N and F not reported as Se/+P pairs there.
@@ -99,13 +106,16 @@ def main(argv: list[str] | None = None) -> None:
     text = table(results)
     (args.out / "ablation.md").write_text(text + "\n")
     print(text)
-    s, v = (results["image+rr"][c]["f1"] - results["rr"][c]["f1"] for c in ("S", "V"))
-    print(f"\nimage+rr - rr: S F1 {s:+.3f}, V F1 {v:+.3f}, macro-F1 N/S/V/F "
-          f"{results['image+rr']['macro_f1_nsvf'] - results['rr']['macro_f1_nsvf']:+.3f}")
-    alone = results["image+rr, no discriminant"]
-    print("rhythm discriminant: " + ", ".join(
-        f"{c} F1 {results['image+rr'][c]['f1'] - alone[c]['f1']:+.3f}" for c in ("S", "V")))
+    for full, base in (("image+rr", "rr"), ("image+rr+shape", "rr+shape"),
+                       ("image+rr+shape", "image+rr")):
+        print(f"{full} - {base}: " + _gain(results[full], results[base]))
+    print("rhythm discriminant: " + _gain(results["image+rr+shape"],
+                                          results["image+rr+shape, no discriminant"]))
 
+
+def _gain(a: dict, b: dict) -> str:
+    return (", ".join(f"{c} F1 {a[c]['f1'] - b[c]['f1']:+.3f}" for c in ("S", "V"))
+            + f", macro-F1 N/S/V/F {a['macro_f1_nsvf'] - b['macro_f1_nsvf']:+.3f}")
 
 if __name__ == "__main__":
     main()

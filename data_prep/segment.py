@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data_prep import layout, rhythm, second_lead, signals, wfdb_io
+from data_prep import context, layout, morphology, rhythm, second_lead, signals, wfdb_io
 from data_prep.candidates import (
     RecordSkip,
     Segments,
@@ -202,11 +202,18 @@ def process_record(ctx: Context, record: str) -> RecordResult:
                                      "sample": seg.sample, "label": seg.label,
                                      "symbol": seg.symbol,
                                      **seg.rhythm_columns(rhythm.feature_names(
-                                         ctx.params.label_mode))})
+                                         ctx.params.label_mode)),
+                                     **_shape_columns(ctx.params, windows)})
     return result
 
 
 # ----------------------------------------------------------------------------- run + CLI
+
+
+def _shape_columns(params: SegmentParams, windows: np.ndarray) -> dict[str, np.ndarray]:
+    shape = context.shape_features(params, windows)
+    return dict(zip(morphology.feature_names(params.label_mode, params.morphology), shape.T,
+                    strict=True))
 
 
 def _process_all(ctx: Context, records: list[str], workers: int | None) -> list[RecordResult]:
@@ -278,7 +285,7 @@ def run(params: SegmentParams, database: str, raw_dir: Path, out_dir: Path, *,
         # read what the stage did from here, never from params.yaml
         "params": params.model_copy(update={"annotator": ctx.annotator}).recorded(),
         "signal_quality": signal_quality(),
-        "rhythm": rhythm.describe(params.label_mode, params.rhythm),
+        "rhythm": context.describe(params),
     })
     log.info("%s: %d segments kept %s, %d skipped (%.2f%%)", database, summary["kept_total"],
              summary["segments_kept"], summary["skipped_total"], 100 * summary["skip_fraction"])

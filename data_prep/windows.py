@@ -14,7 +14,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from data_prep import signals
+from data_prep import morphology, signals
+from data_prep.morphology import MorphologyParams
 from data_prep.params import StrictModel
 from data_prep.rhythm import RhythmParams
 
@@ -42,6 +43,9 @@ class SegmentParams(StrictModel):
     max_skip_fraction: float = Field(ge=0.0, le=1.0)
     tolerant_headers: bool = False
     rhythm: RhythmParams
+    # beat shape against the record's median beat (data_prep.morphology); off in bundles older
+    # than it, which hold no morphology section
+    morphology: MorphologyParams = MorphologyParams(enabled=False, template_beats=1000)
     # two-lead images (data_prep.second_lead): [] keeps one lead, as before
     second_leads: list[str] = Field(default_factory=list)
     second_lead_missing: Literal["duplicate", "skip"] = "duplicate"
@@ -53,6 +57,12 @@ class SegmentParams(StrictModel):
             raise ValueError(f"bandpass_hz needs low < high < target_fs/2 = {self.target_fs / 2}")
         if min(self.beat_window_s) < 0 or sum(self.beat_window_s) <= 0:
             raise ValueError("beat_window_s: [before, after] must be >= 0 with a positive sum")
+        before, after = morphology.REGIONS_S["beat"]
+        if (self.morphology.enabled and self.label_mode == "beat"
+                and (self.beat_window_s[0] < -before or self.beat_window_s[1] < after)):
+            raise ValueError(f"morphology compares beats from {before} to +{after} s; set "
+                             f"beat_window_s to at least [{-before}, {after}] or "
+                             "morphology.enabled: false")
         if self.label_mode == "record" and not self.reference_csv:
             raise ValueError("label_mode 'record' needs reference_csv (a 'record,label' CSV)")
         return self

@@ -211,6 +211,19 @@ def _head(arch: dict[str, Any]) -> str:
     return text
 
 
+def _context(meta: dict[str, Any]) -> str:
+    features = meta["model"].get("rr_input", {}).get("features", [])
+    if not features:
+        return "none (image only)"
+    rhythm = meta["preprocessing"].get("rhythm") or {}
+    shape = [f for f in rhythm.get("morphology", {}).get("features", []) if f in features]
+    text = f"{len(features) - len(shape)} RR features from the beat times (data_prep/rhythm.py)"
+    if shape:
+        text += (f", {len(shape)} of each beat's shape against its record's median beat "
+                 "(data_prep/morphology.py)")
+    return text + ": " + ", ".join(features)
+
+
 def render_model_card(meta: dict[str, Any]) -> str:
     """model_card.md from a bundle's metadata (see `pipeline.export` for the keys)."""
     seg = meta["preprocessing"]["segment"]
@@ -249,6 +262,7 @@ def render_model_card(meta: dict[str, Any]) -> str:
         f"{spec['noverlap']}, nfft {spec['nfft']}, {spec['fmin_hz']}-{spec['fmax_hz']} Hz, "
         f"{spec['dynamic_range_db']} dB range per image, {spec['image_size']} px square, "
         "low frequencies at the bottom row", f"- image channels: {_channels(meta)}",
+        f"- `rr` input: {_context(meta)}",
         "", "## Training data", "", *_data(meta),
         "", "## Protocol", "", *_protocol(meta),
     ]

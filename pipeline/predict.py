@@ -37,12 +37,11 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from data_prep import rhythm, signals, wfdb_io
+from data_prep import context, signals, wfdb_io
 from data_prep.channels import kind_images, leads_needed
 from data_prep.cli import DEBUG_FLAG, run_main
 from data_prep.configs import LabelMap, resolve_annotator
 from data_prep.layout import list_records
-from data_prep.rhythm import RhythmParams
 from data_prep.second_lead import MISSING, both_leads
 from data_prep.stft import ImageParams
 from data_prep.windows import SegmentParams, cut_beats, cut_fixed, flat_windows
@@ -93,19 +92,12 @@ class Bundle:
 
     def rhythm(self, beats: np.ndarray, fs: float, symbols: np.ndarray | None,
                starts: np.ndarray | None = None) -> np.ndarray:
-        """Rhythm features exactly as the segment stage computes them: per beat from the beats
-        that are in the label map (all detected beats), or per window of `starts` (target_fs)."""
+        """Rhythm features exactly as the segment stage computes them (`data_prep.context`)."""
         if not self.rhythm_features:
             return np.zeros((len(beats) if starts is None else len(starts), 0), np.float32)
-        params = RhythmParams.model_validate(self.meta["preprocessing"]["rhythm"]["params"])
-        t = np.asarray(beats, dtype=np.float64) / fs
-        if starts is not None:
-            _, length, _ = self.segment.geometry()
-            fs_out = self.segment.target_fs
-            return rhythm.window_features(np.sort(t), starts / fs_out, length / fs_out, params)[0]
-        mapped = (np.ones(t.size, bool) if symbols is None
-                  else np.isin(symbols, list(self.labels.map)))
-        return rhythm.mapped_beat_features(t, mapped, params)
+        mapped = None if symbols is None else np.isin(symbols, list(self.labels.map))
+        return context.rhythm_rows(self.segment, np.asarray(beats, np.float64) / fs, mapped,
+                                   starts)
 
     def predict_signal(self, signal: np.ndarray, fs: float, beats: np.ndarray | None = None,
                        *, record: str = "signal", symbols: np.ndarray | None = None,
@@ -249,10 +241,15 @@ class Bundle:
         status[status == ""] = "ok"
         probs = np.full((len(status), len(self.classes)), np.nan, dtype=np.float32)
         good = status == "ok"
+        annotated = symbols is not None
+        symbols = np.asarray(symbols if annotated else [""] * len(status), dtype=str)
         if good.any():
             images = kind_images(leads, seg.target_fs, self.spectrogram)
-            probs[good] = self.predict_images(images, rr[good])
-        symbols = np.asarray(symbols if symbols is not None else [""] * len(status), dtype=str)
+            rr = rr[good]
+            if self.rhythm_features:  # + shape against a template of the beats the stage keeps
+                mapped = np.isin(symbols[good], list(self.labels.map)) if annotated else None
+                rr = np.hstack([rr, context.shape_features(seg, leads[0], mapped)])
+            probs[good] = self.predict_images(images, rr)
         table = pd.DataFrame({
             "record": record, "lead": "", "sample": sample, "time_s": sample / fs,
             "beat_source": source,

@@ -40,6 +40,7 @@ import pandas as pd
 import timm
 import torch
 
+from data_prep import morphology
 from data_prep.cli import run_main
 from data_prep.layout import INDEX, META, atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, load_section, per_database
@@ -93,7 +94,7 @@ def run(
     device = distributed.device_of_rank(resolve_device(params.device))
     cached = params.inputs == "rr" or (freeze == "frozen" and params.cache_features)
     folds = cv.make_folds(trainval, params.fold_ensemble and cached)
-    rr_names = _rr_names(meta, params.inputs, spectrograms)
+    rr_names = _rr_names(meta, params, spectrograms)
     weights = resolve_weights(backbone, params.weights,
                               Path(params.weights_dir) if params.weights_dir else None)
     log.info("weights for %s: %s", backbone, weights.describe())
@@ -159,20 +160,25 @@ def _tracked(
     tags = {"stage": "train", "backbone": resolved["backbone"], "freeze": resolved["freeze"],
             "weights": weights["describe"], "weights.sha256": weights["sha256"],
             "device": resolved["device"], "inputs": arch["inputs"], "head": arch["head"],
-            "folds": len(resolved["folds"]), "image": resolved["image"]}  # + git, DVC: start_run
+            "folds": len(resolved["folds"]), "image": resolved["image"],
+            "morphology": str(any(n in morphology.FEATURES for n in arch["rr_features"]))}
+    # + git, DVC: start_run
     return run_tracking.train_run(tracking_params, out, resolved["fingerprint"], resolved, tags,
                                   database=resolved["database"])
 
 
-def _rr_names(meta: dict, inputs: str, spectrograms: Path) -> list[str]:
-    if not uses_rr(inputs):
+def _rr_names(meta: dict, params: TrainParams, spectrograms: Path) -> list[str]:
+    """The context features the model takes: rhythm, and the beat-shape ones unless
+    train.morphology is false."""
+    if not uses_rr(params.inputs):
         return []
     rhythm = meta.get("segments", {}).get("rhythm")
     if not rhythm:
         raise ValueError(f"{spectrograms / META}: no rhythm features recorded; re-run the "
                          "segment and spectrogram stages (dvc repro spectrogram), or set "
                          "train.inputs: image")
-    return list(rhythm["features"])
+    shape = [] if params.morphology else rhythm.get("morphology", {}).get("features", [])
+    return [name for name in rhythm["features"] if name not in shape]
 
 
 def _check_combination(params: TrainParams, setup: fitting.Setup, cached: bool) -> None:

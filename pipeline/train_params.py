@@ -54,6 +54,7 @@ class TrainParams(StrictModel):
     augment: AugmentParams
     nproc: int = Field(default=1, ge=1)
     inputs: Inputs
+    morphology: bool = True  # inputs with rr: also the beat-shape features segment.morphology made
     head: HeadKind
     head_hidden: int = Field(ge=1)
     head_dropout: float = Field(ge=0, lt=1)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from data_prep import rhythm
+from data_prep import morphology, rhythm
 from data_prep.layout import sha256_file
 from data_prep.params import parse_section
 from pipeline import bundle, export, onnx_runner
@@ -52,10 +52,13 @@ def test_run_writes_a_complete_bundle(built):
     # evaluate ran the head on stored backbone features, the bundle runs the whole network:
     # float32 rounding only (export.parity_atol)
     assert meta["parity"]["images"] == len(test_rows) and meta["parity"]["max_abs_diff"] < 1e-4
-    assert meta["model"]["rr_input"]["features"] == list(rhythm.BEAT_FEATURES)
-    assert meta["preprocessing"]["rhythm"]["features"] == list(rhythm.BEAT_FEATURES)
+    context = [*rhythm.BEAT_FEATURES, *morphology.FEATURES]  # segment.morphology: on
+    assert meta["model"]["rr_input"]["features"] == context
+    assert meta["preprocessing"]["rhythm"]["features"] == context
+    assert meta["preprocessing"]["rhythm"]["morphology"]["features"] == list(morphology.FEATURES)
     card = (folder / bundle.MODEL_CARD).read_text()
     assert "NOT a medical device" in card and "| V |" in card and "load_bundle" in card
+    assert "8 RR features from the beat times (data_prep/rhythm.py), 9 of each beat" in card
     # the committed default: the ONNX graph (parity above) carries the rhythm discriminant
     assert meta["model"]["architecture"]["rr_lda_weight"] == 0.25
     assert "mixed with a linear discriminant on log RR features (weight 0.25)" in card
@@ -69,7 +72,8 @@ def test_onnx_matches_torch_for_any_batch_size(built):
     session = onnx_runner.onnx_session(built["bundle"] / bundle.MODEL_ONNX)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (5, 32, 32), dtype=np.uint8)
-    rr = rng.uniform(0.4, 1.6, (5, len(rhythm.BEAT_FEATURES))).astype(np.float32)
+    rr = rng.uniform(0.4, 1.6, (5, len(rhythm.BEAT_FEATURES) + len(morphology.FEATURES)))
+    rr = rr.astype(np.float32)
     with torch.no_grad():
         probs, logits = (t.numpy() for t in net(torch.from_numpy(images), torch.from_numpy(rr)))
     onnx_probs, onnx_logits = session.run(None, {"images": images, "rr": rr})
@@ -88,6 +92,7 @@ def test_parity_check_fails_on_tampered_predictions(built, tmp_path):
     shutil.copytree(built["reports"], reports)
     table = pd.read_csv(reports / "predictions.csv", dtype={"record": str})
     row = table.index[table["split"] == "test"][3]
+    table["prob_N"] = table["prob_N"].astype(float)  # a confident tiny model: 0s and 1s
     table.loc[row, "prob_N"] += 0.01
     table.to_csv(reports / "predictions.csv", index=False)
     out = tmp_path / "bundle"

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_prep import rhythm, signals, wfdb_io
+from data_prep import morphology, rhythm, signals, wfdb_io
 from data_prep.layout import load_shard, read_index
 from pipeline import predict
 from tests.helpers import REPO
@@ -34,7 +34,7 @@ def test_predict_record_equals_the_stage_images(bundle, built):
     table = bundle.predict_record(built["raw"] / "r3")
     index = read_index(built["spectrograms"] / "index.csv").query("record == 'r3'")
     rr = index[bundle.rhythm_features].to_numpy(np.float32)  # as the segment stage wrote them
-    assert bundle.rhythm_features == list(rhythm.BEAT_FEATURES)
+    assert bundle.rhythm_features == [*rhythm.BEAT_FEATURES, *morphology.FEATURES]
     stage = bundle.predict_images(load_shard(built["spectrograms"], "r3")[index["row"]], rr)
     kept = _ok(table)[_ok(table)["label"] != ""]  # the stage keeps mapped symbols only
     assert len(kept) == len(index) and (kept["beat_source"] == "annotation").all()

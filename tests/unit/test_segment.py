@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from data_prep import layout, rhythm, segment
+from data_prep import context, layout, morphology, rhythm, segment
 from data_prep.configs import load_label_map
 from data_prep.params import read_yaml
 from data_prep.windows import signal_quality
@@ -221,7 +221,7 @@ def test_run_writes_the_output_format(tmp_path: Path) -> None:
     summary = segment.run(params, "synth", raw, out, databases_dir=databases, workers=2)
     index = layout.read_index(out / layout.INDEX)
     assert list(index.columns) == ["record", "row", "sample", "label", "symbol",
-                                   *rhythm.BEAT_FEATURES, rhythm.STATUS]
+                                   *rhythm.BEAT_FEATURES, rhythm.STATUS, *morphology.FEATURES]
     assert np.isfinite(index[list(rhythm.BEAT_FEATURES)].to_numpy()).all()
     # regular synthetic beats every 0.8 s (rounded to whole samples at 360 and 500 Hz)
     np.testing.assert_allclose(index["rr_pre"], 0.8, atol=2e-3)
@@ -235,7 +235,10 @@ def test_run_writes_the_output_format(tmp_path: Path) -> None:
                     "fs": 250, "window_samples": 625, "offset_samples": 313,
                     "leads": {"100": "MLII", "101": "MLII"},
                     "params": params.recorded(), "signal_quality": signal_quality(),
-                    "rhythm": rhythm.describe("beat", params.rhythm)}
+                    "rhythm": context.describe(params)}
+    assert meta["rhythm"]["features"] == [*rhythm.BEAT_FEATURES, *morphology.FEATURES]
+    # identical synthetic beats: every beat matches its record's template
+    assert (index["qrs_dissimilarity"] < 0.05).all()
     assert summary["records"]["excluded"] == {"102": "paced"}
     assert summary["segments_kept"]["N"] == len(index) == summary["kept_total"]
     assert summary["records"]["processed"] == 2 and summary["lead_fallbacks"] == {}
