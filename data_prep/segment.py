@@ -207,13 +207,13 @@ def process_record(ctx: Context, record: str) -> RecordResult:
     return result
 
 
-# ----------------------------------------------------------------------------- run + CLI
-
-
 def _shape_columns(params: SegmentParams, windows: np.ndarray) -> dict[str, np.ndarray]:
     shape = context.shape_features(params, windows)
     return dict(zip(morphology.feature_names(params.label_mode, params.morphology), shape.T,
                     strict=True))
+
+
+# ----------------------------------------------------------------------------- run + CLI
 
 
 def _process_all(ctx: Context, records: list[str], workers: int | None) -> list[RecordResult]:
