@@ -56,11 +56,16 @@ def assemble(backbone: str, freeze: str, params: dict, arch: dict, num_classes: 
     model.reset_classifier(0)  # type: ignore[operator]  # the fusion head classifies
     arch["image_dim"] = feature_width(model) if uses_image(arch["inputs"]) else 0
     rr_dim = len(arch["rr_features"])
-    heads = [_member(FusionHead(arch["image_dim"], rr_dim, num_classes, arch["head"],
-                                arch["hidden"], arch["dropout"]), rr_dim, num_classes,
+    heads = [_member(_head(arch, rr_dim, num_classes), rr_dim, num_classes,
                      arch.get("rr_lda_weight", 0.0)) for _ in range(arch["heads"])]
     net = FusedNet(model, HeadEnsemble(heads, num_classes), arch["inputs"])
     return net, report, model_data_config(model)
+
+
+def _head(arch: dict, rr_dim: int, num_classes: int) -> FusionHead:
+    """One fusion head as `arch` records it (runs before image_dropout existed: none)."""
+    return FusionHead(arch["image_dim"], rr_dim, num_classes, arch["head"], arch["hidden"],
+                      arch["dropout"], arch.get("image_dropout", 0.0))
 
 
 def _member(head: FusionHead, rr_dim: int, num_classes: int, weight: float) -> nn.Module:
@@ -91,7 +96,8 @@ def build(params: Any, backbone: str, freeze: str, num_classes: int, image_size:
     """Builds (seeded) and freezes the run's network; `params` is the train section."""
     torch.manual_seed(params.seed)  # the heads (and random weights) are seeded too
     arch = {"inputs": params.inputs, "head": params.head, "hidden": params.head_hidden,
-            "dropout": params.head_dropout, "rr_features": list(rr_features), "heads": n_heads,
+            "dropout": params.head_dropout, "image_dropout": params.image_dropout,
+            "rr_features": list(rr_features), "heads": n_heads,
             "rr_lda_weight": params.rr_lda_weight if rr_features else 0.0}
     net, report, data_config = assemble(backbone, freeze, params.model_dump(), arch,
                                         num_classes, weights)

@@ -3,7 +3,10 @@
 `train.inputs` chooses what the classifier sees: "image" (pooled CNN features), "rr" (the
 rhythm features of `data_prep.rhythm`, standardised) or "image+rr" (both, concatenated before
 the classifier layer(s): the usual fusion of the strong inter-patient results). `train.head` is
-"linear" (one layer) or "mlp" (one hidden layer with GELU and dropout).
+"linear" (one layer) or "mlp" (one hidden layer with GELU and dropout). With both inputs,
+`train.image_dropout` hides the whole image vector of a random share of the training beats
+(modality dropout, "ModDrop", Neverova et al. 2016): a thousand image columns otherwise crowd
+out the few dozen rhythm and shape features, which are what carries over to unseen patients.
 
 Rhythm features are standardised inside the head with a mean/std fitted on the training split
 (`Standardise.fit`): they travel with the weights, so evaluate, export and predict feed raw
@@ -67,14 +70,18 @@ class FusionHead(nn.Module):
         kind: "linear" or "mlp".
         hidden: MLP width.
         dropout: MLP dropout (also before a linear head on image features, as timm's heads).
+        image_dropout: training only, with both inputs: the share of beats whose whole image
+            vector is zeroed (the rest scaled up, as dropout does); 0 = off.
     """
 
     def __init__(self, image_dim: int, rr_dim: int, num_classes: int, kind: HeadKind = "linear",
-                 hidden: int = 256, dropout: float = 0.2):
+                 hidden: int = 256, dropout: float = 0.2, image_dropout: float = 0.0):
         super().__init__()
         if image_dim + rr_dim == 0:
             raise ValueError("a head needs image features, rhythm features or both")
         self.image_dim, self.rr_dim = image_dim, rr_dim
+        # Dropout1d drops whole channels: one channel per beat = its whole image vector
+        self.image_drop = nn.Dropout1d(image_dropout if image_dim and rr_dim else 0.0)
         self.rr_norm = Standardise(rr_dim)
         width = image_dim + rr_dim
         if kind == "linear":
@@ -88,7 +95,7 @@ class FusionHead(nn.Module):
     def forward(self, features: Tensor, rr: Tensor) -> Tensor:
         parts = []
         if self.image_dim:
-            parts.append(features.float())
+            parts.append(self.image_drop(features.float().unsqueeze(1)).squeeze(1))
         if self.rr_dim:
             parts.append(self.rr_norm(rr))
         return self.net(torch.cat(parts, dim=1))

@@ -58,6 +58,7 @@ class TrainParams(StrictModel):
     head: HeadKind
     head_hidden: int = Field(ge=1)
     head_dropout: float = Field(ge=0, lt=1)
+    image_dropout: float = Field(default=0.0, ge=0, lt=1)
     rr_lda_weight: float = Field(ge=0, lt=1)
     fold_ensemble: bool
     calibrate: bool
