@@ -6,7 +6,8 @@ the classifier layer(s): the usual fusion of the strong inter-patient results). 
 "linear" (one layer) or "mlp" (one hidden layer with GELU and dropout). With both inputs,
 `train.image_dropout` hides the whole image vector of a random share of the training beats
 (modality dropout, "ModDrop", Neverova et al. 2016): a thousand image columns otherwise crowd
-out the few dozen rhythm and shape features, which are what carries over to unseen patients.
+out the rhythm and shape features (17 by default), which are what carries over to unseen
+patients.
 
 Rhythm features are standardised inside the head with a mean/std fitted on the training split
 (`Standardise.fit`): they travel with the weights, so evaluate, export and predict feed raw
