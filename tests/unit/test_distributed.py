@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = {"loss": 1e-4, "acc": 1e-6, "macro_f1": 1e-6}  # float32 sums in another order
 DDP_RUN = {"backbones": ["test_convnext"], "freeze_modes": ["partial"], "trainable_groups": 1,
            "epochs": 3, "batch_size": 8, "lr": {"partial": 3e-3},
-           "nproc": 2, "head_dropout": 0.0}  # dropout masks come from each rank's own stream
+           "nproc": 2, "head_dropout": 0.0,  # dropout masks come from each rank's own stream
+           "image_dropout": 0.0}
 
 
 def _draws(sampler, batch: int | None, world: int) -> list[list[int]]:
