@@ -208,7 +208,7 @@ def _head(arch: dict[str, Any]) -> str:
     if arch.get("rr_lda_weight"):
         text += (f"; each mixed with a linear discriminant on log RR features "
                  f"(weight {arch['rr_lda_weight']})")
-    if arch.get("image_dropout") and arch["inputs"] == "image+rr":
+    if arch.get("image_dropout"):
         text += f"; trained with the image hidden from {arch['image_dropout']:.0%} of beats"
     return text
 

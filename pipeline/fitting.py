@@ -95,9 +95,10 @@ def build(params: Any, backbone: str, freeze: str, num_classes: int, image_size:
           rr_features: list[str], n_heads: int, weights: WeightsSource) -> Setup:
     """Builds (seeded) and freezes the run's network; `params` is the train section."""
     torch.manual_seed(params.seed)  # the heads (and random weights) are seeded too
+    fused = uses_image(params.inputs) and bool(rr_features)  # image dropout needs both inputs
     arch = {"inputs": params.inputs, "head": params.head, "hidden": params.head_hidden,
-            "dropout": params.head_dropout, "image_dropout": params.image_dropout,
-            "rr_features": list(rr_features), "heads": n_heads,
+            "dropout": params.head_dropout, "rr_features": list(rr_features), "heads": n_heads,
+            "image_dropout": params.image_dropout if fused else 0.0,
             "rr_lda_weight": params.rr_lda_weight if rr_features else 0.0}
     net, report, data_config = assemble(backbone, freeze, params.model_dump(), arch,
                                         num_classes, weights)
