@@ -44,6 +44,8 @@ ASSIGNMENT_COLUMNS = ("record", "subject", "split", "fold")  # fold: -1 for test
 SPLITS = ("train", "val", "test")
 PREVIEW, PNG = "preview", "png"  # spectrogram folder: grids per class, optional PNG per image
 SEGMENTS_META = "segments"  # spectrogram meta.json key holding the segment stage's meta.json
+# spectrogram meta.json key: record -> sha256 of its image shard (what the feature store keys on)
+SHARD_SHA256 = "shard_sha256"
 # segment folder: <segments>/second_lead/shards/<record>.npy, the second lead's windows (rows as
 # the first lead's shard), and the meta.json key naming each record's second lead
 SECOND_LEAD = "second_lead"

@@ -10,7 +10,8 @@ Writes:
                                      image kinds (`data_prep.channels`); rows in the segment
                                      shard's order
     <out>/index.csv                  the segment index rows, unchanged
-    <out>/meta.json                  classes, fs, STFT params, axis extents, orientation, scale
+    <out>/meta.json                  classes, fs, STFT params, axis extents, orientation, scale,
+                                     each shard's sha256 (`shard_sha256`)
     <out>/preview/<class>.png        grid of example images per class, for people
     <out>/png/<class>/<record>_<sample>.png   one PNG per image, only if `export_png`
 
@@ -53,10 +54,12 @@ from data_prep.layout import (
     SECOND_LEAD,
     SEGMENT_COLUMNS,
     SEGMENTS_META,
+    SHARD_SHA256,
     SHARDS,
     load_shard,
     read_index,
     read_json,
+    sha256_file,
     shard_path,
     shard_writer,
     write_index,
@@ -84,8 +87,11 @@ class _Task:
     png: tuple[tuple[str, int], ...] | None  # (label, sample) per shard row, if export_png
 
 
-def _record_task(task: _Task) -> int:
-    """Images of one record, streamed chunk by chunk into its shard (memory: one chunk)."""
+def _record_task(task: _Task) -> str:
+    """Images of one record, streamed chunk by chunk into its shard (memory: one chunk).
+
+    Returns the shard's sha256: features computed from these pixels stay valid whatever else
+    changes upstream (rhythm features, a re-run that writes the same images)."""
     leads = [load_shard(folder, task.record)  # mmap: read chunk by chunk
              for folder in _lead_folders(task.segments, task.params)]
     shape = (len(leads[0]), *channels.image_shape(task.params))
@@ -101,7 +107,7 @@ def _record_task(task: _Task) -> int:
         except ValueError as err:
             path = shard_path(task.segments, task.record)
             raise ValueError(f"record {task.record} ({path}): {err}") from None
-    return written
+    return sha256_file(shard_path(task.out, task.record))  # just written: in the page cache
 
 
 def _lead_folders(segments: Path, params: SpectrogramParams) -> list[Path]:
@@ -109,24 +115,28 @@ def _lead_folders(segments: Path, params: SpectrogramParams) -> list[Path]:
     return [segments, segments / SECOND_LEAD][:channels.leads_needed(params)]
 
 
-def _map_records(tasks: list[_Task], workers: int) -> None:
-    """Runs the record tasks (in-process when one worker), with a progress bar."""
+def _map_records(tasks: list[_Task], workers: int) -> dict[str, str]:
+    """Runs the record tasks (in-process when one worker), with a progress bar.
+
+    Returns record -> its shard's sha256."""
     workers = min(workers or os.cpu_count() or 1, len(tasks))
+    digests = {}
     with tqdm(total=len(tasks), unit="record", desc="spectrogram") as bar:
         if workers <= 1:
             for task in tasks:
-                _record_task(task)
+                digests[task.record] = _record_task(task)
                 bar.update()
-            return
+            return digests
         with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(_record_task, task) for task in tasks]
+            futures = {pool.submit(_record_task, task): task.record for task in tasks}
             try:
                 for future in as_completed(futures):
-                    future.result()
+                    digests[futures[future]] = future.result()
                     bar.update()
             except BaseException:
                 pool.shutdown(cancel_futures=True)  # fail fast, do not finish the queue
                 raise
+    return digests
 
 
 def _check_second(segments: Path, record: str, shape: tuple[int, ...]) -> None:
@@ -239,7 +249,7 @@ def run(params: SpectrogramParams, segments: Path, out: Path,
              for record, g in sorted(groups.items(), key=lambda kv: -len(kv[1]))]  # big first
     log.info("%d segments of %d records -> %dx%d images", len(index), len(tasks),
              params.image_size, params.image_size)
-    _map_records(tasks, params.workers)
+    digests = _map_records(tasks, params.workers)
     write_index(out / INDEX, index)
     classes = [str(c) for c in seg_meta["classes"]]
     if unknown := sorted(set(index["label"]) - set(classes)):
@@ -251,6 +261,7 @@ def run(params: SpectrogramParams, segments: Path, out: Path,
             "preview_seed": PREVIEW_SEED, "export_png": params.export_png,
             "params": params.image_params().recorded(), SEGMENTS_META: seg_meta}
     meta["stft_keys"] = _stft_keys(label_mode)  # which params.yaml keys made `params`
+    meta[SHARD_SHA256] = dict(sorted(digests.items()))
     write_json(out / META, meta)
     log.info("wrote %d images to %s", len(index), out)
     return meta

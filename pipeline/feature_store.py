@@ -6,18 +6,20 @@ reused by every later run: another head, input choice, seed or fold, and evaluat
 split. A new head on all of mitdb then costs seconds instead of a pass of the CNN over 100k
 images.
 
-Layout: `<root>/<key>/<record>-<shard size>-<mtime>.features.npy` (n_rows, D), float32 or
-float16 (train.feature_dtype; float32 where a value overflows float16)
-beside `<record>.done.npy` (n_rows,) bool, where `key` hashes the backbone, the weights'
-sha256, the preprocessing spec, the image stage's meta.json and the record's shard (size and
-mtime). Only the rows a run asks for are computed (under torchrun, each process computes its
-share of the records; every process then reads them all); the mask is written after the features, so
-a killed run never leaves rows marked done that hold nothing.
+Layout: `<root>/<key>/<record>-<shard sha256>.features.npy` (n_rows, D), float32 or float16
+(train.feature_dtype; float32 where a value overflows float16) beside
+`<record>-<shard sha256>.done.npy` (n_rows,) bool, where `key` hashes the backbone, the weights'
+sha256, the preprocessing spec and the dtype. The features follow the pixels: the image shard's
+content hash (the spectrogram stage records it in meta.json; older outputs are hashed here) is
+all that ties them to the data, so a new rhythm or shape feature, or a re-run of the image stage
+that writes the same images, reuses every computed row. Only the rows a run asks for are
+computed (under torchrun, each process computes its share of the records; every process then
+reads them all); the mask is written after the features, so a killed run never leaves rows
+marked done that hold nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +30,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from data_prep.layout import META, atomic_path, load_shard, shard_path
+from data_prep.layout import (
+    META,
+    SHARD_SHA256,
+    atomic_path,
+    load_shard,
+    read_json,
+    sha256_file,
+    shard_path,
+)
 from pipeline import distributed
 from pipeline.device import autocast, model_input
 from pipeline.features import cache_key
@@ -60,17 +70,16 @@ class FeatureStore:
     batch_size: int = 128
     dtype: str = "float32"  # float16 halves disk and RAM but moves probabilities by ~1e-4
 
-    def folder(self, spectrograms: Path) -> Path:
-        meta = (spectrograms / META).read_bytes()
-        return self.root / cache_key(**self.identity, images=hashlib.sha256(meta).hexdigest(),
-                                     dtype=self.dtype)
+    def folder(self) -> Path:
+        return self.root / cache_key(**self.identity, dtype=self.dtype)
 
     def rows(self, spectrograms: Path, frame: pd.DataFrame, desc: str = "features") -> np.ndarray:
         """Features of the frame's (record, row) images in frame order, computing missing ones."""
-        folder = self.folder(spectrograms)
+        folder = self.folder()
+        stems = record_stems(spectrograms, frame["record"].astype(str).unique())
         todo = {}
         for record, group in frame.groupby("record", sort=False):
-            feats, done = self._open(folder, spectrograms, str(record))
+            feats, done = self._open(folder, stems, spectrograms, str(record))
             need = np.unique(group["row"].to_numpy()[~done[group["row"].to_numpy()]])
             if need.size:
                 todo[str(record)] = need
@@ -78,12 +87,12 @@ class FeatureStore:
         if todo:  # data-parallel: each process computes its share of the records, then all read
             job = distributed.ranks()
             mine = dict(list(todo.items())[job.rank::job.world])
-            self._compute(folder, spectrograms, mine, desc)
+            self._compute(folder, stems, spectrograms, mine, desc)
             distributed.barrier()
         out: list[np.ndarray] = []
         order: list[np.ndarray] = []
         for record, group in frame.groupby("record", sort=False):
-            feats, _ = self._open(folder, spectrograms, str(record))
+            feats, _ = self._open(folder, stems, spectrograms, str(record))
             out.append(np.asarray(feats[group["row"].to_numpy()]))
             order.append(np.flatnonzero(frame["record"].to_numpy() == record))
         result = np.empty((len(frame), out[0].shape[1]), dtype=out[0].dtype) if out else \
@@ -92,21 +101,21 @@ class FeatureStore:
             result[idx] = values
         return result
 
-    def _paths(self, folder: Path, spectrograms: Path, record: str) -> tuple[Path, Path]:
-        stat = shard_path(spectrograms, record).stat()
-        stem = f"{record}-{stat.st_size}-{stat.st_mtime_ns}"
-        return folder / f"{stem}.features.npy", folder / f"{stem}.done.npy"
+    @staticmethod
+    def _paths(folder: Path, stems: dict[str, str], record: str) -> tuple[Path, Path]:
+        return folder / f"{stems[record]}.features.npy", folder / f"{stems[record]}.done.npy"
 
-    def _open(self, folder: Path, spectrograms: Path, record: str) -> tuple[np.ndarray, np.ndarray]:
-        feat_path, done_path = self._paths(folder, spectrograms, record)
+    def _open(self, folder: Path, stems: dict[str, str], spectrograms: Path,
+              record: str) -> tuple[np.ndarray, np.ndarray]:
+        feat_path, done_path = self._paths(folder, stems, record)
         if not done_path.is_file():
             n = load_shard(spectrograms, record, stage="spectrogram").shape[0]
             return np.zeros((n, 0), np.float16), np.zeros(n, dtype=bool)
         return np.load(feat_path, mmap_mode="r"), np.load(done_path)
 
     @torch.inference_mode()
-    def _compute(self, folder: Path, spectrograms: Path, todo: dict[str, np.ndarray],
-                 desc: str) -> None:
+    def _compute(self, folder: Path, stems: dict[str, str], spectrograms: Path,
+                 todo: dict[str, np.ndarray], desc: str) -> None:
         self.prepare.to(self.device).eval()
         folder.mkdir(parents=True, exist_ok=True)
         total = sum(len(rows) for rows in todo.values())
@@ -120,12 +129,12 @@ class FeatureStore:
                         parts.append(self.feature_fn(model_input(batch, self.device,
                                                                  self.prepare)).float().cpu())
                     bar.update(len(batch))
-                self._write(folder, spectrograms, record, rows, torch.cat(parts).numpy(),
-                            images.shape[0])
+                self._write(folder, stems, spectrograms, record, rows,
+                            torch.cat(parts).numpy(), images.shape[0])
 
-    def _write(self, folder: Path, spectrograms: Path, record: str, rows: np.ndarray,
-               values: np.ndarray, n_rows: int) -> None:
-        feats, done = self._open(folder, spectrograms, record)
+    def _write(self, folder: Path, stems: dict[str, str], spectrograms: Path, record: str,
+               rows: np.ndarray, values: np.ndarray, n_rows: int) -> None:
+        feats, done = self._open(folder, stems, spectrograms, record)
         half = values.astype(np.float16) if self.dtype == "float16" else None
         dtype = np.float16 if half is not None and np.isfinite(half).all() else np.float32
         full = np.zeros((n_rows, values.shape[1]), dtype=dtype)
@@ -134,7 +143,21 @@ class FeatureStore:
         full[rows] = values.astype(dtype)
         done = done.copy()
         done[rows] = True
-        feat_path, done_path = self._paths(folder, spectrograms, record)
+        feat_path, done_path = self._paths(folder, stems, record)
         for path, array in ((feat_path, full), (done_path, done)):  # the mask last
             with atomic_path(path) as tmp, tmp.open("wb") as fh:
                 np.save(fh, array)
+
+
+def record_stems(spectrograms: Path, records) -> dict[str, str]:
+    """record -> `<record>-<its image shard's sha256, 16 hex>`, the name of its store files.
+
+    The spectrogram stage records each shard's hash in meta.json; a shard it did not (outputs
+    of an older version) is hashed here, once per call.
+    """
+    recorded = read_json(spectrograms / META).get(SHARD_SHA256, {})
+    stems = {}
+    for record in map(str, records):
+        digest = recorded.get(record) or sha256_file(shard_path(spectrograms, record))
+        stems[record] = f"{record}-{digest[:16]}"
+    return stems

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import torch
 
-from data_prep.layout import load_shard, read_index
-from pipeline.feature_store import FeatureStore
+from data_prep.layout import load_shard, read_index, save_shard, sha256_file, shard_path
+from pipeline.feature_store import FeatureStore, record_stems
 from pipeline.transforms import Preprocess
 from tests.synthetic import write_synthetic
 
@@ -52,3 +55,39 @@ def test_store_computes_missing_rows_once_and_keeps_frame_order(tmp_path):
                          Preprocess([0.0], [1.0], 1), torch.device("cpu"))
     other.rows(spec, index.head(3))
     assert fn.seen == len(index) + 3  # another identity is another key
+
+
+def test_store_follows_the_pixels_not_the_meta_or_the_file_times(tmp_path):
+    spec, _ = write_synthetic(tmp_path)
+    index = read_index(spec / "index.csv")
+    fn = Counting()
+    store = FeatureStore(tmp_path / "store", {"model": "counting"}, fn,
+                         Preprocess([0.0], [1.0], 1), torch.device("cpu"))
+    first = store.rows(spec, index)
+    meta = json.loads((spec / "meta.json").read_text())  # a new rhythm feature upstream
+    meta["segments"]["rhythm"]["features"].append("rr_new")
+    (spec / "meta.json").write_text(json.dumps(meta))
+    for shard in (spec / "shards").glob("*.npy"):  # the image stage re-ran: same bytes, new times
+        os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    np.testing.assert_array_equal(store.rows(spec, index), first)
+    assert fn.seen == len(index)  # nothing recomputed
+
+    record = str(index["record"].iloc[0])
+    images = np.asarray(load_shard(spec, record)).copy()
+    save_shard(spec, record, 255 - images)  # new pixels: that record alone is recomputed
+    again = store.rows(spec, index)
+    mine = (index["record"].astype(str) == record).to_numpy()
+    assert fn.seen == len(index) + mine.sum()
+    np.testing.assert_array_equal(again[~mine], first[~mine])
+    assert not np.allclose(again[mine], first[mine])
+
+
+def test_store_uses_the_digests_the_image_stage_recorded(tmp_path):
+    spec, _ = write_synthetic(tmp_path)
+    records = sorted(read_index(spec / "index.csv")["record"].astype(str).unique())
+    meta = json.loads((spec / "meta.json").read_text())
+    hashed = record_stems(spec, records)  # no recorded digests: each shard is hashed
+    assert hashed == {r: f"{r}-{sha256_file(shard_path(spec, r))[:16]}" for r in records}
+    meta["shard_sha256"] = {r: f"{i:x}" * 64 for i, r in enumerate(records)}
+    (spec / "meta.json").write_text(json.dumps(meta))
+    assert record_stems(spec, records) == {r: f"{r}-{f'{i:x}' * 16}" for i, r in enumerate(records)}

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from data_prep import channels, spectrogram
-from data_prep.layout import load_shard, read_index
+from data_prep.layout import load_shard, read_index, sha256_file, shard_path
 from pipeline import bundle as bundle_format
 from pipeline import predict
-from pipeline.feature_store import FeatureStore
+from pipeline.feature_store import record_stems
 from tests.synthetic import write_record
 from tests.tiny_pipeline import build_pipeline, stage_params
 
@@ -77,11 +77,12 @@ def test_predict_makes_the_stage_images(kind, monkeypatch):
 def test_feature_store_key_differs_between_image_kinds(kind, tmp_path):
     grey = tmp_path / "grey"
     spec = spectrogram.SpectrogramParams.model_validate(stage_params("grey")["spectrogram"])
-    spectrogram.run(spec, kind["segments"], grey)
-    store = FeatureStore(tmp_path / "store", {"model": "m", "weights": "w", "spec": {}},
-                         lambda x: x, torch.nn.Identity(), torch.device("cpu"))
-    assert store.folder(grey) != store.folder(kind["spectrograms"])
-    assert store.folder(grey) == store.folder(grey)
+    meta = spectrogram.run(spec, kind["segments"], grey)
+    assert meta["shard_sha256"]["r3"] == sha256_file(shard_path(grey, "r3"))
+    stems = record_stems(kind["spectrograms"], ["r3"])
+    assert record_stems(grey, ["r3"]) != stems  # other pixels, other store files
+    spectrogram.run(spec, kind["segments"], grey)  # a re-run writes the same bytes
+    assert record_stems(grey, ["r3"])["r3"] == f"r3-{meta['shard_sha256']['r3'][:16]}"
     from pipeline import evaluate  # a three-channel model on grey images: named, not a crash
 
     params = evaluate.EvaluateParams.model_validate(
