@@ -31,13 +31,8 @@ from pydantic import Field, model_validator
 
 from data_prep.params import StrictModel
 
-# *_med: the same ratios against medians. A mean is pulled by the very beats it should judge
-# (runs of premature beats, the short and long intervals of atrial fibrillation, pauses); a
-# median follows the dominant rhythm. DS1 out-of-fold (test never read), rr+shape head: S F1
-# 0.431 -> 0.470, atrial-fibrillation record 201's false S 538 -> 248.
 BEAT_FEATURES = ("rr_pre", "rr_post", "rr_local", "rr_base", "rr_pre_ratio", "rr_post_ratio",
-                 "rr_local_ratio", "rr_pre_local", "rr_pre_ratio_med", "rr_post_ratio_med",
-                 "rr_local_ratio_med", "rr_pre_local_med")
+                 "rr_local_ratio", "rr_pre_local")
 WINDOW_FEATURES = ("rr_mean", "rr_sdnn", "rr_rmssd", "rr_pnn50", "rr_mean_ratio",
                    "rr_beats_per_s")
 STATUS = "rr_status"  # index column: "" when every interval of the beat/window was measured
@@ -76,19 +71,6 @@ def _windowed_mean(values: np.ndarray, valid: np.ndarray, lo: np.ndarray,
         return np.where(n > 0, (total[hi] - total[lo]) / np.maximum(n, 1), np.nan)
 
 
-def _windowed_median(values: np.ndarray, valid: np.ndarray, lo: np.ndarray,
-                     hi: np.ndarray) -> np.ndarray:
-    """Median of the valid values[lo:hi] per row (NaN where none).
-
-    A loop: windows differ in length and numpy has no running median (a few microseconds per
-    beat, seconds for a 24 h Holter record)."""
-    kept = np.flatnonzero(valid)
-    start, stop = np.searchsorted(kept, lo), np.searchsorted(kept, hi)
-    picked = values[kept]
-    return np.array([np.median(picked[a:b]) if b > a else np.nan
-                     for a, b in zip(start, stop, strict=True)], dtype=np.float64)
-
-
 def _first_finite(*candidates: np.ndarray) -> np.ndarray:
     out = candidates[0].copy()
     for candidate in candidates[1:]:
@@ -120,26 +102,21 @@ def beat_features(times_s: np.ndarray, params: RhythmParams) -> tuple[np.ndarray
     pre[1:], post[:-1] = np.where(valid, rr, np.nan), np.where(valid, rr, np.nan)
     idx = np.arange(n)  # interval j lies between beats j and j + 1; beat i's previous is i - 1
     previous = np.maximum(idx - 1, 0)  # intervals before rr_pre: j < i - 1
-    local_lo = np.maximum(previous - params.local_beats, 0)
+    local = _windowed_mean(rr, valid, np.maximum(previous - params.local_beats, 0), previous)
     middle = (t[:-1] + t[1:]) / 2
     lo = np.searchsorted(middle, t - params.baseline_s, side="left")
     hi = np.searchsorted(middle, t + params.baseline_s, side="right")
-    record = (rr[valid].mean(), np.median(rr[valid])) if valid.any() else \
-        (params.fallback_rr_s,) * 2
-    refs = []  # (local, base) by mean, then by median
-    for window, whole in ((_windowed_mean, record[0]), (_windowed_median, record[1])):
-        base = _first_finite(window(rr, valid, lo, hi), np.full(n, whole))
-        refs.append((_first_finite(window(rr, valid, local_lo, previous), base), base))
+    record_mean = rr[valid].mean() if valid.any() else params.fallback_rr_s
+    base = _first_finite(_windowed_mean(rr, valid, lo, hi), np.full(n, record_mean))
+    local = _first_finite(local, base)
     status = np.full(n, "", dtype=object)
     status[np.isnan(pre) | np.isnan(post)] = GAP
     status[[0, n - 1]] = EDGE
     if not valid.any():
         status[:] = NO_RHYTHM
-    (local, base), (local_med, base_med) = refs
     pre, post = _first_finite(pre, local), _first_finite(post, local)
     feats = np.stack([pre, post, local, base, pre / base, post / base, local / base,
-                      pre / local, pre / base_med, post / base_med, local_med / base_med,
-                      pre / local_med], axis=1)
+                      pre / local], axis=1)
     return feats.astype(np.float32), status
 
 

@@ -126,8 +126,7 @@ def synthetic_rhythm(label: int, rng: np.random.Generator) -> dict[str, float]:
     pre = base * (0.6 if label == 1 else 1.0) * rng.uniform(0.95, 1.05)
     values = {"rr_pre": pre, "rr_post": base, "rr_local": base, "rr_base": base,
               "rr_pre_ratio": pre / base, "rr_post_ratio": 1.0, "rr_local_ratio": 1.0,
-              "rr_pre_local": pre / base, "rr_pre_ratio_med": pre / base,
-              "rr_post_ratio_med": 1.0, "rr_local_ratio_med": 1.0, "rr_pre_local_med": pre / base}
+              "rr_pre_local": pre / base}
     return {name: values[name] for name in BEAT_FEATURES}
 
 

@@ -25,9 +25,7 @@ def test_regular_rhythm_has_unit_ratios_and_edges_marked():
     inner = x[1:-1]
     np.testing.assert_allclose(inner[:, COL["rr_pre"]], 0.8, rtol=1e-6)
     np.testing.assert_allclose(inner[:, COL["rr_base"]], 0.8, rtol=1e-6)
-    for ratio in ("rr_pre_ratio", "rr_post_ratio", "rr_local_ratio", "rr_pre_local",
-                  "rr_pre_ratio_med", "rr_post_ratio_med", "rr_local_ratio_med",
-                  "rr_pre_local_med"):
+    for ratio in ("rr_pre_ratio", "rr_post_ratio", "rr_local_ratio", "rr_pre_local"):
         np.testing.assert_allclose(x[:, COL[ratio]], 1.0, rtol=1e-6)
     assert status[0] == rhythm.EDGE and status[-1] == rhythm.EDGE
     assert (status[1:-1] == "").all()
@@ -50,23 +48,6 @@ def test_premature_beat_then_compensatory_pause():
     assert (status[1:-1] == "").all()
 
 
-def test_medians_follow_the_dominant_rhythm_where_means_are_pulled():
-    # bigeminy-like run: every other beat premature at 0.5 s, the others at 1.0 s. The mean
-    # reference (0.75 s) calls the 1.0 s beats late; the median of a 10-beat window that holds
-    # 5 of each is ambiguous, so make the premature beats a minority: 1 in 3.
-    rr = np.tile([1.0, 1.0, 0.5], 40)
-    times = np.r_[0.0, np.cumsum(rr)]
-    x, _ = feats(times)
-    premature = x[60]  # its previous interval is rr[59] = 0.5 s
-    assert rr[59] == 0.5
-    assert premature[COL["rr_pre_ratio_med"]] == pytest.approx(0.5)  # median base 1.0 s
-    assert premature[COL["rr_pre_local_med"]] == pytest.approx(0.5)  # median local 1.0 s
-    assert premature[COL["rr_pre_ratio"]] == pytest.approx(0.5 / (2.5 / 3), rel=0.01)  # mean
-    sinus = x[62]
-    assert sinus[COL["rr_pre_ratio_med"]] == pytest.approx(1.0)
-    assert sinus[COL["rr_local_ratio_med"]] == pytest.approx(1.0)
-
-
 def test_baseline_follows_the_patient_over_minutes():
     slow, fast = np.full(600, 1.0), np.full(1200, 0.5)  # 10 min at 60 bpm, 10 min at 120 bpm
     times = np.r_[0.0, np.cumsum(np.r_[slow, fast])]
@@ -84,7 +65,6 @@ def test_gap_is_left_out_and_gets_a_defined_value():
     assert status[15] == rhythm.GAP and status[16] == rhythm.GAP
     assert x[16, COL["rr_pre"]] == pytest.approx(0.8)  # the local mean, not 12 s
     assert x[20, COL["rr_base"]] == pytest.approx(0.8)  # the gap is not part of the baseline
-    assert x[16, COL["rr_pre_ratio_med"]] == pytest.approx(1.0)  # nor of the median's
 
 
 def test_degenerate_records_never_give_nan():
