@@ -15,7 +15,7 @@ import yaml
 from data_prep import morphology, rhythm
 from data_prep.layout import sha256_file
 from data_prep.params import parse_section
-from pipeline import bundle, export, onnx_runner
+from pipeline import bundle, export, onnx_runner, parity
 from pipeline.run_folder import ImageClassifier, load_model
 from tests.helpers import committed_params, export_params
 
@@ -58,7 +58,8 @@ def test_run_writes_a_complete_bundle(built):
     assert meta["preprocessing"]["rhythm"]["morphology"]["features"] == list(morphology.FEATURES)
     card = (folder / bundle.MODEL_CARD).read_text()
     assert "NOT a medical device" in card and "| V |" in card and "load_bundle" in card
-    assert "8 RR features from the beat times (data_prep/rhythm.py), 9 of each beat" in card
+    assert (f"{len(rhythm.BEAT_FEATURES)} RR features from the beat times (data_prep/rhythm.py), "
+            f"{len(morphology.FEATURES)} of each beat") in card
     # the committed default: the ONNX graph (parity above) carries the rhythm discriminant
     assert meta["model"]["architecture"]["rr_lda_weight"] == 0.25
     assert "mixed with a linear discriminant on log RR features (weight 0.25)" in card
@@ -104,7 +105,7 @@ def test_parity_check_fails_on_tampered_predictions(built, tmp_path):
 def test_parity_cap_checks_a_spread_subset(built, tmp_path):
     meta = _rerun(built, built["reports"], tmp_path / "bundle", parity_max_images=4)
     assert meta["parity"]["images"] == 4
-    rows = export.parity_rows(pd.DataFrame({"split": ["test"] * 10, "x": range(10)}), 4)
+    rows = parity.parity_rows(pd.DataFrame({"split": ["test"] * 10, "x": range(10)}), 4)
     assert rows["x"].tolist() == [0, 3, 6, 9]
 
 
