@@ -21,7 +21,7 @@ marked done that hold nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,7 +149,7 @@ class FeatureStore:
                 np.save(fh, array)
 
 
-def record_stems(spectrograms: Path, records) -> dict[str, str]:
+def record_stems(spectrograms: Path, records: Iterable[object]) -> dict[str, str]:
     """record -> `<record>-<its image shard's sha256, 16 hex>`, the name of its store files.
 
     The spectrogram stage records each shard's hash in meta.json; a shard it did not (outputs
