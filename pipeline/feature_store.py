@@ -20,6 +20,7 @@ marked done that hold nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -153,11 +154,24 @@ def record_stems(spectrograms: Path, records: Iterable[object]) -> dict[str, str
     """record -> `<record>-<its image shard's sha256, 16 hex>`, the name of its store files.
 
     The spectrogram stage records each shard's hash in meta.json; a shard it did not (outputs
-    of an older version) is hashed here, once per call.
+    of an older version) is hashed here, once per process while its size and mtime stay.
     """
     recorded = read_json(spectrograms / META).get(SHARD_SHA256, {})
     stems = {}
     for record in map(str, records):
-        digest = recorded.get(record) or sha256_file(shard_path(spectrograms, record))
+        shard = shard_path(spectrograms, record)
+        digest = recorded.get(record) or _hash_once(str(shard), *_size_mtime(shard))
         stems[record] = f"{record}-{digest[:16]}"
     return stems
+
+
+def _size_mtime(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.cache
+def _hash_once(path: str, size: int, mtime_ns: int) -> str:
+    """A shard's sha256, computed once per (path, size, mtime): train asks for each split and
+    fold, and an old image stage's shards add up to gigabytes."""
+    return sha256_file(Path(path))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from data_prep.layout import load_shard, read_index, save_shard, sha256_file, shard_path
+from pipeline import feature_store
 from pipeline.feature_store import FeatureStore, record_stems
 from pipeline.transforms import Preprocess
 from tests.synthetic import write_synthetic
@@ -82,12 +83,19 @@ def test_store_follows_the_pixels_not_the_meta_or_the_file_times(tmp_path):
     assert not np.allclose(again[mine], first[mine])
 
 
-def test_store_uses_the_digests_the_image_stage_recorded(tmp_path):
+def test_store_uses_the_digests_the_image_stage_recorded(tmp_path, monkeypatch):
     spec, _ = write_synthetic(tmp_path)
     records = sorted(read_index(spec / "index.csv")["record"].astype(str).unique())
     meta = json.loads((spec / "meta.json").read_text())
     hashed = record_stems(spec, records)  # no recorded digests: each shard is hashed
     assert hashed == {r: f"{r}-{sha256_file(shard_path(spec, r))[:16]}" for r in records}
+    calls = []
+    monkeypatch.setattr(feature_store, "sha256_file", lambda path: calls.append(path) or "0")
+    assert record_stems(spec, records) == hashed and not calls  # once per process
+    shard = shard_path(spec, records[0])
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    assert record_stems(spec, records)[records[0]] == f"{records[0]}-0" and calls == [shard]
+    monkeypatch.undo()
     meta["shard_sha256"] = {r: f"{i:x}" * 64 for i, r in enumerate(records)}
     (spec / "meta.json").write_text(json.dumps(meta))
     assert record_stems(spec, records) == {r: f"{r}-{f'{i:x}' * 16}" for i, r in enumerate(records)}
