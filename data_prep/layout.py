@@ -14,6 +14,7 @@ folder (DVC is slow on many small files). Record names are always strings ("100"
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -128,24 +129,35 @@ def shard_path(folder: Path, record: str) -> Path:
 
 @contextmanager
 def shard_writer(
-    folder: Path, record: str, shape: tuple[int, ...], dtype: npt.DTypeLike
+    folder: Path, record: str, shape: tuple[int, ...], dtype: npt.DTypeLike,
+    digest: hashlib._Hash | None = None,
 ) -> Iterator[Callable[[np.ndarray], None]]:
     """Streams one record's .npy shard chunk by chunk; it appears only once complete.
 
     Memory stays at one chunk whatever the record length (a 24 h Holter record gives GBs of
-    images). Yields `write(chunk)`; chunks are rows along the first axis, in order.
+    images). Yields `write(chunk)`; chunks are rows along the first axis, in order. `digest`,
+    if given, is fed every byte written, so it ends as `sha256_file` of the shard would, without
+    reading the file back.
     """
     dtype = np.dtype(dtype)
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
               "shape": shape}
     rows = 0
     with atomic_path(shard_path(folder, record)) as tmp, tmp.open("wb") as fh:
-        np.lib.format.write_array_header_2_0(fh, header)
+
+        def put(data: bytes) -> None:
+            fh.write(data)
+            if digest is not None:
+                digest.update(data)
+
+        head = io.BytesIO()
+        np.lib.format.write_array_header_2_0(head, header)
+        put(head.getvalue())
 
         def write(chunk: np.ndarray) -> None:
             nonlocal rows
             assert chunk.shape[1:] == shape[1:], (chunk.shape, shape)
-            fh.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
+            put(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
             rows += len(chunk)
 
         yield write

@@ -31,6 +31,7 @@ Run: python -m data_prep.spectrogram --params params.yaml --segments data/segmen
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import shutil
@@ -59,7 +60,6 @@ from data_prep.layout import (
     load_shard,
     read_index,
     read_json,
-    sha256_file,
     shard_path,
     shard_writer,
     write_index,
@@ -95,8 +95,8 @@ def _record_task(task: _Task) -> str:
     leads = [load_shard(folder, task.record)  # mmap: read chunk by chunk
              for folder in _lead_folders(task.segments, task.params)]
     shape = (len(leads[0]), *channels.image_shape(task.params))
-    written = 0
-    with shard_writer(task.out, task.record, shape, np.uint8) as write:
+    written, digest = 0, hashlib.sha256()
+    with shard_writer(task.out, task.record, shape, np.uint8, digest) as write:
         try:
             for chunk in channels.iter_kind_images(leads, task.fs, task.params):
                 write(chunk)
@@ -107,7 +107,7 @@ def _record_task(task: _Task) -> str:
         except ValueError as err:
             path = shard_path(task.segments, task.record)
             raise ValueError(f"record {task.record} ({path}): {err}") from None
-    return sha256_file(shard_path(task.out, task.record))  # just written: in the page cache
+    return digest.hexdigest()
 
 
 def _lead_folders(segments: Path, params: SpectrogramParams) -> list[Path]:
