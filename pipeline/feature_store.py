@@ -76,24 +76,23 @@ class FeatureStore:
 
     def rows(self, spectrograms: Path, frame: pd.DataFrame, desc: str = "features") -> np.ndarray:
         """Features of the frame's (record, row) images in frame order, computing missing ones."""
-        folder = self.folder()
-        stems = record_stems(spectrograms, frame["record"].astype(str).unique())
+        files = _StoreFiles(self.folder(), spectrograms,
+                            record_stems(spectrograms, frame["record"].astype(str).unique()))
         todo = {}
         for record, group in frame.groupby("record", sort=False):
-            feats, done = self._open(folder, stems, spectrograms, str(record))
+            feats, done = files.open(str(record))
             need = np.unique(group["row"].to_numpy()[~done[group["row"].to_numpy()]])
             if need.size:
                 todo[str(record)] = need
         distributed.barrier()  # every process has listed what is missing before any writes
         if todo:  # data-parallel: each process computes its share of the records, then all read
             job = distributed.ranks()
-            mine = dict(list(todo.items())[job.rank::job.world])
-            self._compute(folder, stems, spectrograms, mine, desc)
+            self._compute(files, dict(list(todo.items())[job.rank::job.world]), desc)
             distributed.barrier()
         out: list[np.ndarray] = []
         order: list[np.ndarray] = []
         for record, group in frame.groupby("record", sort=False):
-            feats, _ = self._open(folder, stems, spectrograms, str(record))
+            feats, _ = files.open(str(record))
             out.append(np.asarray(feats[group["row"].to_numpy()]))
             order.append(np.flatnonzero(frame["record"].to_numpy() == record))
         result = np.empty((len(frame), out[0].shape[1]), dtype=out[0].dtype) if out else \
@@ -102,27 +101,14 @@ class FeatureStore:
             result[idx] = values
         return result
 
-    @staticmethod
-    def _paths(folder: Path, stems: dict[str, str], record: str) -> tuple[Path, Path]:
-        return folder / f"{stems[record]}.features.npy", folder / f"{stems[record]}.done.npy"
-
-    def _open(self, folder: Path, stems: dict[str, str], spectrograms: Path,
-              record: str) -> tuple[np.ndarray, np.ndarray]:
-        feat_path, done_path = self._paths(folder, stems, record)
-        if not done_path.is_file():
-            n = load_shard(spectrograms, record, stage="spectrogram").shape[0]
-            return np.zeros((n, 0), np.float16), np.zeros(n, dtype=bool)
-        return np.load(feat_path, mmap_mode="r"), np.load(done_path)
-
     @torch.inference_mode()
-    def _compute(self, folder: Path, stems: dict[str, str], spectrograms: Path,
-                 todo: dict[str, np.ndarray], desc: str) -> None:
+    def _compute(self, files: _StoreFiles, todo: dict[str, np.ndarray], desc: str) -> None:
         self.prepare.to(self.device).eval()
-        folder.mkdir(parents=True, exist_ok=True)
+        files.folder.mkdir(parents=True, exist_ok=True)
         total = sum(len(rows) for rows in todo.values())
         with tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True) as bar:
             for record, rows in todo.items():
-                images = load_shard(spectrograms, record, stage="spectrogram")
+                images = load_shard(files.spectrograms, record, stage="spectrogram")
                 parts = []
                 for i in range(0, len(rows), self.batch_size):
                     batch = torch.from_numpy(np.asarray(images[rows[i:i + self.batch_size]]))
@@ -130,13 +116,35 @@ class FeatureStore:
                         parts.append(self.feature_fn(model_input(batch, self.device,
                                                                  self.prepare)).float().cpu())
                     bar.update(len(batch))
-                self._write(folder, stems, spectrograms, record, rows,
-                            torch.cat(parts).numpy(), images.shape[0])
+                files.write(record, rows, torch.cat(parts).numpy(), images.shape[0], self.dtype)
 
-    def _write(self, folder: Path, stems: dict[str, str], spectrograms: Path, record: str,
-               rows: np.ndarray, values: np.ndarray, n_rows: int) -> None:
-        feats, done = self._open(folder, stems, spectrograms, record)
-        half = values.astype(np.float16) if self.dtype == "float16" else None
+
+@dataclass(frozen=True)
+class _StoreFiles:
+    """One `rows()` call's view of the store: its folder, the image stage it reads, and each
+    record's file stem (`record_stems`)."""
+
+    folder: Path
+    spectrograms: Path
+    stems: dict[str, str]
+
+    def paths(self, record: str) -> tuple[Path, Path]:
+        stem = self.stems[record]
+        return self.folder / f"{stem}.features.npy", self.folder / f"{stem}.done.npy"
+
+    def open(self, record: str) -> tuple[np.ndarray, np.ndarray]:
+        """The record's features (memory-mapped) and done mask; empty ones before any write."""
+        feat_path, done_path = self.paths(record)
+        if not done_path.is_file():
+            n = load_shard(self.spectrograms, record, stage="spectrogram").shape[0]
+            return np.zeros((n, 0), np.float16), np.zeros(n, dtype=bool)
+        return np.load(feat_path, mmap_mode="r"), np.load(done_path)
+
+    def write(self, record: str, rows: np.ndarray, values: np.ndarray, n_rows: int,
+              dtype_name: str) -> None:
+        """Adds `values` for `rows` to the record's files (features first, the mask last)."""
+        feats, done = self.open(record)
+        half = values.astype(np.float16) if dtype_name == "float16" else None
         dtype = np.float16 if half is not None and np.isfinite(half).all() else np.float32
         full = np.zeros((n_rows, values.shape[1]), dtype=dtype)
         if feats.shape[1] == values.shape[1]:
@@ -144,7 +152,7 @@ class FeatureStore:
         full[rows] = values.astype(dtype)
         done = done.copy()
         done[rows] = True
-        feat_path, done_path = self._paths(folder, stems, record)
+        feat_path, done_path = self.paths(record)
         for path, array in ((feat_path, full), (done_path, done)):  # the mask last
             with atomic_path(path) as tmp, tmp.open("wb") as fh:
                 np.save(fh, array)
