@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from data_prep.layout import ASSIGNMENT, INDEX, META, SHARDS
+from data_prep.layout import ASSIGNMENT, INDEX, META, SHARD_SHA256, SHARDS, read_json
 from pipeline.device import autocast, model_input
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,19 @@ FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 def data_fingerprint(spectrograms: Path, splits: Path, frame: pd.DataFrame) -> str:
     """Hash of the data a run sees: meta, index, split assignment, shard files and the rows used.
 
-    Shards are identified by name, size and modification time rather than read in full (tens
-    of GB for large databases); a touched but unchanged shard only costs a recomputation.
+    A shard whose sha256 the spectrogram stage recorded is covered by meta.json, so a re-run of
+    the image stage that writes the same pixels keeps the fingerprint (and the run resumes).
+    Shards of older outputs, with no recorded hash, are identified by name, size and
+    modification time rather than read in full (tens of GB for large databases); a touched but
+    unchanged one only costs a recomputation.
     """
     digest = hashlib.sha256()
     for path in (spectrograms / META, spectrograms / INDEX, splits / ASSIGNMENT):
         digest.update(path.read_bytes())
+    recorded = read_json(spectrograms / META).get(SHARD_SHA256, {})
     for shard in sorted((spectrograms / SHARDS).glob("*.npy")):
+        if shard.stem in recorded:
+            continue
         stat = shard.stat()
         digest.update(f"{shard.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     rows = frame[["split", "record", "row"]].astype(str).agg(":".join, axis=1)

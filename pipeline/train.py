@@ -116,7 +116,8 @@ def run(
         "weights": {**asdict(setup.weights), "describe": setup.weights.describe()},
         "freeze_report": asdict(setup.report), "device": str(device), "seed": params.seed,
         "num_workers": 0 if cached else data.resolve_workers(params.num_workers, device),
-        # data_fingerprint: shard names/sizes/mtimes, for cache and resume decisions only; the
+        # data_fingerprint: meta (with the shards' recorded sha256), index, assignment and rows
+        # (sizes/mtimes for older shards), for cache and resume decisions only; the
         # content hashes of the data are the DVC tags (provenance.dvc_data_version)
         "data_fingerprint": data_version, "fingerprint": fingerprint,
         "folds": [f.name for f in folds], "select_classes": [classes[i] for i in select],

@@ -1,4 +1,5 @@
-"""The shared feature store: computes only missing rows, once, and returns them in frame order."""
+"""The shared feature store: computes only missing rows, once, and returns them in frame order;
+the run fingerprint follows the shards' recorded content hashes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import torch
 
 from data_prep.layout import load_shard, read_index, save_shard, sha256_file, shard_path
 from pipeline import feature_store
+from pipeline.data import load_split_index
 from pipeline.feature_store import FeatureStore, record_stems
+from pipeline.features import data_fingerprint
 from pipeline.transforms import Preprocess
 from tests.synthetic import write_synthetic
 
@@ -99,3 +102,27 @@ def test_store_uses_the_digests_the_image_stage_recorded(tmp_path, monkeypatch):
     meta["shard_sha256"] = {r: f"{i:x}" * 64 for i, r in enumerate(records)}
     (spec / "meta.json").write_text(json.dumps(meta))
     assert record_stems(spec, records) == {r: f"{r}-{f'{i:x}' * 16}" for i, r in enumerate(records)}
+
+
+def test_run_fingerprint_follows_recorded_digests_not_file_times(tmp_path):
+    spec, splits = write_synthetic(tmp_path)
+    classes = json.loads((spec / "meta.json").read_text())["classes"]
+    index = load_split_index(spec, splits, classes)
+    shard = shard_path(spec, str(index["record"].iloc[0]))
+
+    def touch() -> None:
+        os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+
+    old = data_fingerprint(spec, splits, index)  # no recorded digests: file times count
+    touch()
+    assert data_fingerprint(spec, splits, index) != old
+    meta = json.loads((spec / "meta.json").read_text())
+    meta["shard_sha256"] = {r: sha256_file(shard_path(spec, r))
+                            for r in index["record"].astype(str).unique()}
+    (spec / "meta.json").write_text(json.dumps(meta))
+    recorded = data_fingerprint(spec, splits, index)
+    touch()  # the image stage re-ran and wrote the same pixels
+    assert data_fingerprint(spec, splits, index) == recorded
+    meta["shard_sha256"][shard.stem] = "0" * 64  # new pixels: a new recorded digest
+    (spec / "meta.json").write_text(json.dumps(meta))
+    assert data_fingerprint(spec, splits, index) != recorded
