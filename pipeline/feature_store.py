@@ -77,7 +77,8 @@ class FeatureStore:
     def rows(self, spectrograms: Path, frame: pd.DataFrame, desc: str = "features") -> np.ndarray:
         """Features of the frame's (record, row) images in frame order, computing missing ones."""
         files = _StoreFiles(self.folder(), spectrograms,
-                            record_stems(spectrograms, frame["record"].astype(str).unique()))
+                            record_stems(spectrograms, frame["record"].astype(str).unique()),
+                            self.dtype)
         todo = {}
         for record, group in frame.groupby("record", sort=False):
             feats, done = files.open(str(record))
@@ -116,17 +117,18 @@ class FeatureStore:
                         parts.append(self.feature_fn(model_input(batch, self.device,
                                                                  self.prepare)).float().cpu())
                     bar.update(len(batch))
-                files.write(record, rows, torch.cat(parts).numpy(), images.shape[0], self.dtype)
+                files.write(record, rows, torch.cat(parts).numpy(), images.shape[0])
 
 
 @dataclass(frozen=True)
 class _StoreFiles:
-    """One `rows()` call's view of the store: its folder, the image stage it reads, and each
-    record's file stem (`record_stems`)."""
+    """One `rows()` call's view of the store: its folder, the image stage it reads, each
+    record's file stem (`record_stems`) and the features' dtype (train.feature_dtype)."""
 
     folder: Path
     spectrograms: Path
     stems: dict[str, str]
+    dtype: str
 
     def paths(self, record: str) -> tuple[Path, Path]:
         stem = self.stems[record]
@@ -140,11 +142,10 @@ class _StoreFiles:
             return np.zeros((n, 0), np.float16), np.zeros(n, dtype=bool)
         return np.load(feat_path, mmap_mode="r"), np.load(done_path)
 
-    def write(self, record: str, rows: np.ndarray, values: np.ndarray, n_rows: int,
-              dtype_name: str) -> None:
+    def write(self, record: str, rows: np.ndarray, values: np.ndarray, n_rows: int) -> None:
         """Adds `values` for `rows` to the record's files (features first, the mask last)."""
         feats, done = self.open(record)
-        half = values.astype(np.float16) if dtype_name == "float16" else None
+        half = values.astype(np.float16) if self.dtype == "float16" else None
         dtype = np.float16 if half is not None and np.isfinite(half).all() else np.float32
         full = np.zeros((n_rows, values.shape[1]), dtype=dtype)
         if feats.shape[1] == values.shape[1]:
