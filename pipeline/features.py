@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from data_prep.layout import ASSIGNMENT, INDEX, META, SHARD_SHA256, SHARDS, read_json
+from data_prep.layout import ASSIGNMENT, INDEX, META, SHARD_SHA256, SHARDS
 from pipeline.device import autocast, model_input
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,10 @@ def data_fingerprint(spectrograms: Path, splits: Path, frame: pd.DataFrame) -> s
     unchanged one only costs a recomputation.
     """
     digest = hashlib.sha256()
-    for path in (spectrograms / META, spectrograms / INDEX, splits / ASSIGNMENT):
-        digest.update(path.read_bytes())
-    recorded = read_json(spectrograms / META).get(SHARD_SHA256, {})
+    meta = (spectrograms / META).read_bytes()
+    for blob in (meta, (spectrograms / INDEX).read_bytes(), (splits / ASSIGNMENT).read_bytes()):
+        digest.update(blob)
+    recorded = json.loads(meta).get(SHARD_SHA256, {})
     for shard in sorted((spectrograms / SHARDS).glob("*.npy")):
         if shard.stem in recorded:
             continue
