@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.params import DEFAULT_PARAMS, load_section
-from pipeline import evaluate, run_tracking, train
+from pipeline import evaluate, train
 
 # row name -> train overrides; the rows that see rhythm keep the default discriminant weight.
+from pipeline.tracking import run_tracking
+
 # "rr" is the RR features alone; "+shape" adds each beat's shape against its record's median
 # beat (segment.morphology, train.morphology), which needs no CNN either.
 ROWS: dict[str, dict[str, Any]] = {

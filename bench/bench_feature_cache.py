@@ -2,7 +2,8 @@
 
 Same synthetic data (uint8 224x224 spectrogram-like images), same model (mobilenetv2_100,
 random weights: timing does not depend on their values), same training loop
-(`pipeline.engine.fit`), one process. Prints the seconds per epoch of both paths, the one-off
+(`pipeline.training.engine.fit`),
+one process. Prints the seconds per epoch of both paths, the one-off
 feature extraction and the speed-up per epoch (target >= 10x).
 
 Run: `python -m bench.bench_feature_cache [--images 160] [--epochs 1] [--model mobilenetv2_100]`
@@ -20,13 +21,13 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from pipeline import data, features
-from pipeline.checkpoint import Checkpointer
-from pipeline.engine import FitConfig, fit
-from pipeline.freeze import apply_freeze, feature_extractor, param_groups
-from pipeline.models import build_model, model_data_config
-from pipeline.transforms import ModelInput, Preprocess, preprocess_spec
-from pipeline.weights import WeightsSource
+from pipeline.training import data, features
+from pipeline.training.checkpoint import Checkpointer
+from pipeline.training.engine import FitConfig, fit
+from pipeline.training.freeze import apply_freeze, feature_extractor, param_groups
+from pipeline.training.models import build_model, model_data_config
+from pipeline.training.transforms import ModelInput, Preprocess, preprocess_spec
+from pipeline.training.weights import WeightsSource
 
 log = logging.getLogger("bench.feature_cache")
 NUM_CLASSES, SIZE, VAL_SHARE = 5, 224, 0.2

@@ -3,10 +3,10 @@
 For each model (VGG16 and ResNet-50 by default, random weights: speed does not depend on their
 values), in one run on one GPU, bf16 autocast and channels_last on both sides:
 
-- **project**: `pipeline.engine.train_epoch` / `predict` on in-memory uint8 224x224 images
-  served by `pipeline.data.make_loader` (pinned memory, workers) and turned into the model
-  input on the GPU by `pipeline.transforms.ModelInput`, with the project's optimiser, schedule
-  and weighted loss, the whole network trainable (`full`);
+- **project**: `pipeline.training.engine.train_epoch` / `predict` on in-memory uint8 224x224 images
+  served by `pipeline.training.data.make_loader` (pinned memory, workers) and turned into the model
+  input on the GPU by `pipeline.training.transforms.ModelInput`, with the project's optimiser,
+  schedule and weighted loss, the whole network trainable (`full`);
 - **bare**: the timm model on a synthetic float batch already on the GPU, AdamW, no loader
   (what timm's benchmark.py measures).
 
@@ -30,12 +30,12 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline import data, engine, optim
-from pipeline.device import resolve_device as device_of
-from pipeline.freeze import apply_freeze, param_groups
-from pipeline.models import build_model, model_data_config
-from pipeline.transforms import ModelInput, Preprocess, preprocess_spec
-from pipeline.weights import resolve_weights
+from pipeline.training import data, engine, optim
+from pipeline.training.device import resolve_device as device_of
+from pipeline.training.freeze import apply_freeze, param_groups
+from pipeline.training.models import build_model, model_data_config
+from pipeline.training.transforms import ModelInput, Preprocess, preprocess_spec
+from pipeline.training.weights import resolve_weights
 
 log = logging.getLogger("bench.gpu")
 NUM_CLASSES, SIZE, WARMUP_STEPS = 5, 224, 8

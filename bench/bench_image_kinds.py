@@ -28,7 +28,7 @@ from pathlib import Path
 from data_prep import segment, spectrogram
 from data_prep.params import DEFAULT_PARAMS, DatasetParams, load_section
 from pipeline import train
-from pipeline.run_folder import METRICS, RESOLVED
+from pipeline.training.run_folder import METRICS, RESOLVED
 
 KINDS = ("grey", "multires", "two_lead")
 SECOND_LEADS = ["V1", "V2", "V5", "V4"]  # mitdb's second leads (V1 in most records)

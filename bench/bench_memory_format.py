@@ -2,8 +2,8 @@
 
 oneDNN's convolution kernels work in NHWC; a contiguous NCHW batch is reordered inside every
 convolution. The pipeline therefore runs image batches and backbones in channels_last on every
-device (`pipeline.device`). This prints images per second of frozen-backbone inference (what the
-feature store and evaluate do) for both layouts, measured in the same run, and the ratio.
+device (`pipeline.training.device`). This prints images per second of frozen-backbone inference
+(what the feature store and evaluate do) for both layouts, measured in the same run, and the ratio.
 
     python -m bench.bench_memory_format [--models ...] [--batch 64] [--threads N]
 """

@@ -1,6 +1,6 @@
 """Benchmark: spectrogram images per second on one core, ours vs the tutorial recipe.
 
-Ours: `data_prep.stft.spectrogram_images`, batched STFT -> uint8 arrays in memory.
+Ours: `data_prep.images.stft.spectrogram_images`, batched STFT -> uint8 arrays in memory.
 Baseline, measured in the same run on the same segments: one matplotlib figure per segment
 (`plt.specgram` with the same window, nperseg, noverlap and nfft, figure 224x224 px, band
 limited to [fmin, fmax], axes off), `savefig` to a PNG in a temporary folder, `close`.
@@ -24,8 +24,8 @@ import matplotlib.pyplot as plt  # after choosing the headless backend
 import numpy as np
 from scipy.signal import get_window
 
+from data_prep.images.stft import SpectrogramParams, plan, spectrogram_images
 from data_prep.params import load_section
-from data_prep.stft import SpectrogramParams, plan, spectrogram_images
 
 log = logging.getLogger("bench.spectrogram")
 FS = 250.0

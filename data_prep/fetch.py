@@ -2,7 +2,7 @@
 
 Reads `dataset.name` and the `fetch:` section of params.yaml. The source is, in order: the
 local mirror `fetch.mirror`, else the `ECG_PHYSIONET_MIRROR` environment variable, else
-PhysioNet itself (through `data_prep.wfdb_io`). A mirror is laid out as PhysioNet serves a
+PhysioNet itself (through `data_prep.records.wfdb_io`). A mirror is laid out as PhysioNet serves a
 database: `<mirror>/<db>/` holding `RECORDS`, the checksum manifest `SHA256SUMS` (PhysioNet
 names it `SHA256SUMS.txt`) and the record files.
 
@@ -30,7 +30,6 @@ from pathlib import Path
 from pydantic import Field
 from tqdm import tqdm
 
-from data_prep.checksums import find_manifest, parse_manifest, verify_files
 from data_prep.cli import run_main
 from data_prep.layout import (
     ENV_MIRROR,
@@ -48,6 +47,7 @@ from data_prep.params import (
     parse_section,
     read_yaml,
 )
+from data_prep.records.checksums import find_manifest, parse_manifest, verify_files
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,10 @@ def stage_from_physionet(db: str, params: FetchParams, staging: Path) -> Staged:
     Raises:
         ConnectionError: PhysioNet is unreachable; the message names both ways out.
     """
-    from data_prep.wfdb_io import download_file, download_records  # lazy: the only wfdb user
+    from data_prep.records.wfdb_io import (  # lazy: the only wfdb user
+        download_file,
+        download_records,
+    )
 
     manifest = None
     try:

@@ -229,3 +229,14 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def rhythm_matrix(frame: pd.DataFrame, columns: list[str], source: Path) -> np.ndarray:
+    """float32 (n, F) rhythm features of the frame's rows (index columns written by segment)."""
+    if missing := [c for c in columns if c not in frame.columns]:
+        raise ValueError(f"{source}: no rhythm columns {missing}; re-run the segment and "
+                         "spectrogram stages (dvc repro spectrogram)")
+    values = frame[list(columns)].to_numpy(dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{source}: rhythm features hold NaN/inf; re-run the segment stage")
+    return values

@@ -5,7 +5,7 @@ Reads   <raw>/<dataset.name>/ (the records its RECORDS file lists), the label ma
         annotator) and, in record mode, the reference CSV ("record,label").
 Writes  <out>/shards/<record>.npy  float32 (n, L) windows at segment.target_fs
         <out>/second_lead/shards/<record>.npy  the same windows of the record's second lead,
-                                   with segment.second_leads (`data_prep.second_lead`)
+                                   with segment.second_leads (`data_prep.beats.second_lead`)
         <out>/index.csv            record,row,sample,label,symbol
         <out>/meta.json            database, label_mode, classes, fs, window/offset samples, leads,
                                    params (annotator resolved), signal_quality (the flat rule)
@@ -38,8 +38,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data_prep import context, layout, morphology, rhythm, second_lead, signals, wfdb_io
-from data_prep.candidates import (
+from data_prep import layout
+from data_prep.beats import context, morphology, rhythm, second_lead
+from data_prep.beats.candidates import (
     RecordSkip,
     Segments,
     attach_window_rhythm,
@@ -48,8 +49,13 @@ from data_prep.candidates import (
     record_segments,
     rhythm_segments,
 )
+from data_prep.beats.segment_summary import check_skips as _check
+from data_prep.beats.segment_summary import summarise
+from data_prep.beats.windows import SegmentParams, condition_and_cut, flat_windows, signal_quality
 from data_prep.cli import run_main
-from data_prep.configs import (
+from data_prep.params import DatasetParams, parse_section, read_yaml
+from data_prep.records import signals, wfdb_io
+from data_prep.records.configs import (
     DATABASES_DIR,
     DatabaseConfig,
     LabelMap,
@@ -58,10 +64,6 @@ from data_prep.configs import (
     read_reference,
     resolve_annotator,
 )
-from data_prep.params import DatasetParams, parse_section, read_yaml
-from data_prep.segment_summary import check_skips as _check
-from data_prep.segment_summary import summarise
-from data_prep.windows import SegmentParams, condition_and_cut, flat_windows, signal_quality
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -24,9 +24,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from data_prep.checksums import find_manifest
 from data_prep.layout import RECORDS, resolve_mirror, sha256_file, write_json
 from data_prep.params import DEFAULT_PARAMS, DatasetParams, parse_section, read_yaml
+from data_prep.records.checksums import find_manifest
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ Reads (written by `data_prep.segment`):
     <segments>/second_lead/shards/<record>.npy   the second lead's windows (image two_lead)
 Writes:
     <out>/shards/<record>.npy        uint8 (n, S, S) grey, or (n, 3, S, S) for the multi-channel
-                                     image kinds (`data_prep.channels`); rows in the segment
+                                     image kinds (`data_prep.images.channels`); rows in the segment
                                      shard's order
     <out>/index.csv                  the segment index rows, unchanged
     <out>/meta.json                  classes, fs, STFT params, axis extents, orientation, scale,
@@ -15,8 +15,8 @@ Writes:
     <out>/preview/<class>.png        grid of example images per class, for people
     <out>/png/<class>/<record>_<sample>.png   one PNG per image, only if `export_png`
 
-Images come from the STFT core `data_prep.stft` (its docstring gives the image convention);
-`spectrogram.image` chooses what goes in the channels (`data_prep.channels`).
+Images come from the STFT core `data_prep.images.stft` (its docstring gives the image convention);
+`spectrogram.image` chooses what goes in the channels (`data_prep.images.channels`).
 Beat segments use the section's own STFT keys; the longer windows of rhythm and record modes use
 `spectrogram.windows` (segments meta.json `label_mode` says which). meta.json `params` holds the
 image params used (export copies them into the bundle for predict), `stft_keys` which keys.
@@ -44,8 +44,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data_prep import channels
 from data_prep.cli import run_main
+from data_prep.images import channels
+from data_prep.images.preview import PREVIEW_SEED, write_pngs, write_previews
+from data_prep.images.stft import SpectrogramParams, plan
 from data_prep.layout import (
     ASSIGNMENT,
     INDEX,
@@ -66,8 +68,6 @@ from data_prep.layout import (
     write_json,
 )
 from data_prep.params import DEFAULT_PARAMS, load_section
-from data_prep.preview import PREVIEW_SEED, write_pngs, write_previews
-from data_prep.stft import SpectrogramParams, plan
 
 log = logging.getLogger(__name__)
 

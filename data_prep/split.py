@@ -27,15 +27,8 @@ from pathlib import Path
 import pandas as pd
 from pydantic import Field, model_validator
 
+from data_prep.beats.folds import assign_folds, holdout_subjects
 from data_prep.cli import run_main
-from data_prep.configs import (
-    DATABASES_DIR,
-    NO_CONFIG_WARNING,
-    DatabaseConfig,
-    SplitDefinition,
-    load_database,
-)
-from data_prep.folds import assign_folds, holdout_subjects
 from data_prep.layout import (
     ASSIGNMENT,
     ASSIGNMENT_COLUMNS,
@@ -54,6 +47,13 @@ from data_prep.params import (
     StrictModel,
     parse_section,
     read_yaml,
+)
+from data_prep.records.configs import (
+    DATABASES_DIR,
+    NO_CONFIG_WARNING,
+    DatabaseConfig,
+    SplitDefinition,
+    load_database,
 )
 
 log = logging.getLogger(__name__)

@@ -1,12 +1,12 @@
 """Evaluate an exported bundle on another database: train on one database, test on another.
 
-Runs the bundle on the records of a database in a local mirror (`<mirror>/<db>/`, read in
-place) through `pipeline.predict` (its lead choice, resampling, band-pass, rhythm features and
-windows), labels every row from that database's annotations or reference CSV through the
-bundle's label map (`pipeline.cross_reference`) and scores the labelled rows with the evaluate
-stage's own code (`pipeline.report_writer`): per-class Se/+P/F1, the N/S/V/F macro-F1,
-bootstrap intervals over subjects (records, or the config's `subjects:`), confusion matrix,
-caveats for tiny classes and, for record and rhythm bundles, record-level scores.
+Runs the bundle on the records of a database in a local mirror (`<mirror>/<db>/`, read in place)
+through `pipeline.runtime` (its lead choice, resampling, band-pass, rhythm features and windows),
+labels every row from that database's annotations or reference CSV through the bundle's label map
+(`pipeline.evaluation.cross_reference`) and scores the labelled rows with the evaluate stage's own
+code (`pipeline.evaluation.report_writer`): per-class Se/+P/F1, the N/S/V/F macro-F1, bootstrap
+intervals over subjects (records, or the config's `subjects:`), confusion matrix, caveats for tiny
+classes and, for record and rhythm bundles, record-level scores.
 
 Writes `<out>` (default `reports/cross/<train_db>-on-<eval_db>/<run>/`, apart from the training
 database's reports and models): metrics.json, headline.json, details/ (as evaluate writes them),
@@ -33,12 +33,12 @@ from typing import Any
 import pandas as pd
 
 from data_prep.cli import DEBUG_FLAG, run_main
-from data_prep.configs import DATABASES_DIR, DatabaseConfig, load_database
 from data_prep.layout import atomic_path, write_json
 from data_prep.params import DEFAULT_PARAMS, read_yaml
-from pipeline import cross_reference, predict_table, record_level
-from pipeline.predict import BASE, Bundle, load_bundle
-from pipeline.report_folder import (
+from data_prep.records.configs import DATABASES_DIR, DatabaseConfig, load_database
+from pipeline.evaluation import cross_reference, record_level
+from pipeline.evaluation.headline import macro_f1_text
+from pipeline.evaluation.report_folder import (
     CONFUSION,
     DETAILS,
     FLOAT_FORMAT,
@@ -47,7 +47,9 @@ from pipeline.report_folder import (
     NOTES,
     PREDICTIONS,
 )
-from pipeline.report_writer import evaluate_predictions, write_reports
+from pipeline.evaluation.report_writer import evaluate_predictions, write_reports
+from pipeline.runtime import predict_table
+from pipeline.runtime.predict import BASE, Bundle, load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,8 @@ def run(bundle_path: Path, database: str, *, mirror: Path | None = None, split: 
     """Evaluates the bundle on `database`'s records and writes `out` (module doc).
 
     Args:
-        tracking_params: `pipeline.run_tracking.TrackingParams`; None evaluates without MLflow.
+        tracking_params: `pipeline.tracking.run_tracking.TrackingParams`; None evaluates
+            without MLflow.
 
     Returns:
         The summary written to cross.json, with the metrics.
@@ -140,8 +143,8 @@ def run(bundle_path: Path, database: str, *, mirror: Path | None = None, split: 
         _write_notes(out / DETAILS / NOTES, summary, results[selection.split].notes)
         if run_id:
             _log(run_id, out, metrics)
-    log.info("wrote %s: %s macro-F1 %s over %d rows of %d records (%d rows not scored)", out,
-             selection.split, metrics[selection.split]["macro_f1"], len(predictions),
+    log.info("wrote %s: %s %s, %d rows of %d records (%d rows not scored)", out,
+             selection.split, macro_f1_text(metrics[selection.split]), len(predictions),
              len(selection.records), sum(summary["unscored"].values()))
     return summary | {"metrics": metrics}
 
@@ -197,7 +200,9 @@ def _write_notes(path: Path, summary: dict, caveats: list[str]) -> None:
 def _tracking(params: Any, summary: dict):
     if params is None:
         return nullcontext(None)
-    from pipeline import run_tracking  # here: the command runs without mlflow when not logging
+    from pipeline.tracking import (
+        run_tracking,  # here: the command runs without mlflow when not logging
+    )
 
     name = (f"{summary['train_database']}-on-{summary['eval_database']}/"
             f"{summary['bundle_run']}")
@@ -212,7 +217,7 @@ def _tracking(params: Any, summary: dict):
 
 
 def _log(run_id: str, out: Path, metrics: dict) -> None:
-    from pipeline import run_tracking
+    from pipeline.tracking import run_tracking
 
     run_tracking.log_cross_evaluation(run_id, out, metrics)
 
@@ -246,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
                 for k, v in DEFAULTS.items()}
     tracking_params = None
     if not args.no_mlflow:
-        from pipeline import run_tracking
+        from pipeline.tracking import run_tracking
 
         if not args.params.is_file():
             raise FileNotFoundError(f"{args.params}: not found; its tracking: section names the "
@@ -258,5 +263,10 @@ def main(argv: list[str] | None = None) -> None:
         **settings)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The installed command: errors as one line (`data_prep.cli.run_main`)."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

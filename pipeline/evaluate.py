@@ -8,13 +8,13 @@ Reads `models/<run>/` (model.safetensors, resolved_config.json, mlflow_run.json)
   order), one row per image of each evaluated split; float32 softmax probabilities written
   with 9 significant digits, which read back as the identical float32 values;
 - `headline.json`: the DVC metrics file (`dvc metrics show`, `dvc exp show`): per split,
-  accuracy, the N/S/V/F macro-F1 and S and V Se/+P/F1 (`pipeline.headline`);
+  accuracy, the N/S/V/F macro-F1 and S and V Se/+P/F1 (`pipeline.evaluation.headline`);
 - `metrics.json`: `{split: metrics tree}`, every metric with record-bootstrap intervals and the
   caveats (e.g. classes with fewer than 30 examples); read by export, not a DVC metric;
 - `confusion_test.csv`: actual,predicted per test image, for DVC's confusion template;
 - record and rhythm label modes: `metrics.json` also holds `record_level` per split (window
   probabilities averaged per record: per-class F1 and the challenge-style mean F1, see
-  `pipeline.record_level`), `headline.json` its `record_mean_f1`, and
+  `pipeline.evaluation.record_level`), `headline.json` its `record_mean_f1`, and
   `details/<split>/record_predictions.csv` one row per record;
 - `details/`: `classification_report_<split>.txt` / `.json`, `notes.md`,
   `evaluation_config.json` and per split `<split>/`: confusion matrix (PNG with counts and
@@ -43,14 +43,20 @@ import torch
 from pydantic import Field, model_validator
 
 from data_prep.cli import run_main
-from data_prep.layout import INDEX, META, PREVIEW, SEGMENTS_META, atomic_path, write_json
+from data_prep.layout import (
+    INDEX,
+    META,
+    PREVIEW,
+    SEGMENTS_META,
+    atomic_path,
+    rhythm_matrix,
+    write_json,
+)
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
-from pipeline import data, record_level, run_tracking
-from pipeline.device import resolve_device
-from pipeline.fusion import uses_image
-from pipeline.inference import frame_probs
-from pipeline.metrics import Evaluation
-from pipeline.report_folder import (
+from pipeline.evaluation import record_level
+from pipeline.evaluation.headline import macro_f1_text
+from pipeline.evaluation.metrics import Evaluation
+from pipeline.evaluation.report_folder import (
     CONFIG,
     DETAILS,
     FLOAT_FORMAT,
@@ -58,15 +64,20 @@ from pipeline.report_folder import (
     PREDICTIONS,
     predictions_frame,
 )
-from pipeline.report_writer import evaluate_predictions, write_reports
-from pipeline.run_folder import (
+from pipeline.evaluation.report_writer import evaluate_predictions, write_reports
+from pipeline.tracking import run_tracking
+from pipeline.training import data
+from pipeline.training.device import resolve_device
+from pipeline.training.fusion import uses_image
+from pipeline.training.inference import frame_probs
+from pipeline.training.run_folder import (
     RESOLVED,
     ImageClassifier,
     PackedClassifier,
     load_model,
     rhythm_names,
 )
-from pipeline.transforms import check_channels
+from pipeline.training.transforms import check_channels
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +154,7 @@ def run(
                 run_id, out, metrics, {**_tags(info), **_caveat_tags(results)},
                 [model_dir / RESOLVED, out / DETAILS / CONFIG], spectrograms / PREVIEW,
                 classifier, example[0])
-    log.info("wrote %s: %s", out, ", ".join(
-        f"{s} macro-F1 {m['macro_f1']:.4f}" for s, m in metrics.items()))
+    log.info("wrote %s: %s", out, "; ".join(f"{s} {macro_f1_text(m)}" for s, m in metrics.items()))
     return metrics
 
 
@@ -217,7 +227,7 @@ def _example(spectrograms: Path, frame: pd.DataFrame,
     rows = frame.head(2)
     images = np.stack([data.SpectrogramDataset(spectrograms, rows)[i][0].numpy()
                        for i in range(len(rows))])
-    rr = data.rhythm_matrix(rows, rhythm_names(resolved), spectrograms / INDEX)
+    rr = rhythm_matrix(rows, rhythm_names(resolved), spectrograms / INDEX)
     packed = np.concatenate([images.reshape(len(rows), -1).astype(np.float32), rr], axis=1)
     return packed, images.shape[1:]
 

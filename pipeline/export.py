@@ -5,8 +5,8 @@ registering), `reports/<run>/` (metrics.json, predictions.csv, details/evaluatio
 `data/segments/meta.json` and `summary.json`, `data/spectrograms/` (meta.json, shards of the
 test images), `data/splits/summary.json` (optional), the label map YAML and the `export:`
 section of params.yaml. The preprocessing comes from what the data stages recorded (segment and
-spectrogram meta.json), never from params.yaml. Writes `models/export/<run>/` (see
-`pipeline.bundle`): model.onnx, bundle.json, model_card.md. The folder appears only when
+spectrogram meta.json), never from params.yaml. Writes `models/export/<db>/<run>/` (see
+`pipeline.runtime.bundle`): model.onnx, bundle.json, model_card.md. The folder appears only when
 everything passed.
 
 Parity check: the ONNX graph is run on the test images of predictions.csv (all of them, or
@@ -16,7 +16,7 @@ to `export.parity_atol`; otherwise the stage fails and writes no bundle. Then, i
 version of `export.registered_name` with `export.alias`, and the bundle is attached to the run.
 
 Run: python -m pipeline.export --params params.yaml --model models/<run> --reports reports/<run>
---segments data/segments --spectrograms data/spectrograms --out models/export/<run>
+--segments data/segments --spectrograms data/spectrograms --out models/export/<db>/<run>
 (dvc.yaml runs it for every backbone x freeze mode of the train matrix).
 """
 
@@ -37,18 +37,25 @@ import timm
 import torch
 from pydantic import Field
 
-from data_prep.channels import describe, image_shape
+from data_prep.beats.windows import SegmentParams
 from data_prep.cli import run_main
-from data_prep.configs import load_label_map
+from data_prep.images.channels import describe, image_shape
+from data_prep.images.stft import ImageParams
 from data_prep.layout import META, SEGMENTS_META, read_json, sha256_file
 from data_prep.params import DEFAULT_PARAMS, StrictModel, load_section, per_database
-from data_prep.stft import ImageParams
-from data_prep.windows import SegmentParams
-from pipeline import bundle, provenance, run_tracking
-from pipeline.onnx_runner import BATCH_SIZE, onnx_session, run_probs
-from pipeline.parity import check_parity, load_images, load_rhythm, parity_rows
-from pipeline.report_folder import CONFIG, DETAILS, METRICS, PREDICTIONS, read_predictions
-from pipeline.run_folder import ImageClassifier, load_model, rhythm_names
+from data_prep.records.configs import load_label_map
+from pipeline.evaluation.parity import check_parity, load_images, load_rhythm, parity_rows
+from pipeline.evaluation.report_folder import (
+    CONFIG,
+    DETAILS,
+    METRICS,
+    PREDICTIONS,
+    read_predictions,
+)
+from pipeline.runtime import bundle
+from pipeline.runtime.onnx_runner import BATCH_SIZE, onnx_session, run_probs
+from pipeline.tracking import provenance, run_tracking
+from pipeline.training.run_folder import ImageClassifier, load_model, rhythm_names
 
 log = logging.getLogger(__name__)
 

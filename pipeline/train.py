@@ -9,7 +9,7 @@ params from the `train:` section of params.yaml. Writes to `models/<run>/`:
 - `metrics.json`: best val macro-F1 and friends (`dvc metrics`);
 - `resolved_config.json`: params, classes, preprocessing spec, weights source, freeze report,
   device, versions;
-- `mlflow_run.json`: the id of this model's MLflow run (see `pipeline.run_tracking`), which
+- `mlflow_run.json`: the id of this model's MLflow run (see `pipeline.tracking.run_tracking`), which
   the evaluate stage completes; params from the `tracking:` section. An unreachable
   `MLFLOW_TRACKING_URI` fails before any training;
 - `features/`: frozen mode's cached backbone features (unless train.feature_cache_dir is set).
@@ -19,7 +19,7 @@ Run: `python -m pipeline.train --params params.yaml --backbone vgg16.tv_in1k --f
 (dvc.yaml runs it for every backbone x freeze mode in `train.backbones` x `train.freeze_modes`).
 With `train.nproc` > 1 it restarts itself under `torchrun --standalone` with that many
 data-parallel processes (several nodes: start torchrun yourself, docs/cluster.md); see
-`pipeline.distributed`.
+`pipeline.training.distributed`.
 """
 
 from __future__ import annotations
@@ -40,19 +40,27 @@ import pandas as pd
 import timm
 import torch
 
-from data_prep import morphology
+from data_prep.beats import morphology
 from data_prep.cli import run_main
-from data_prep.layout import INDEX, META, atomic_path, write_json
+from data_prep.layout import INDEX, META, atomic_path, rhythm_matrix, write_json
 from data_prep.params import DEFAULT_PARAMS, load_section, per_database
-from pipeline import cv, data, distributed, features, fitting, provenance, run_tracking
-from pipeline.checkpoint import save_weights
-from pipeline.device import resolve_device
-from pipeline.engine import EpochCallback, FitConfig
-from pipeline.fusion import HeadEnsemble, uses_image, uses_rr
-from pipeline.run_folder import CHECKPOINT, FEATURE_STORE, HISTORY, METRICS, MODEL, RESOLVED
-from pipeline.train_params import FreezeMode, TrainParams
-from pipeline.transforms import check_channels
-from pipeline.weights import resolve_weights
+from pipeline.tracking import provenance, run_tracking
+from pipeline.training import cv, data, distributed, features, fitting
+from pipeline.training.checkpoint import save_weights
+from pipeline.training.device import resolve_device
+from pipeline.training.engine import EpochCallback, FitConfig
+from pipeline.training.fusion import HeadEnsemble, uses_image, uses_rr
+from pipeline.training.run_folder import (
+    CHECKPOINT,
+    FEATURE_STORE,
+    HISTORY,
+    METRICS,
+    MODEL,
+    RESOLVED,
+)
+from pipeline.training.train_params import FreezeMode, TrainParams
+from pipeline.training.transforms import check_channels
+from pipeline.training.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +119,7 @@ def run(
     resolved = {
         "stage": "train", "backbone": backbone, "freeze": freeze, "params": params.model_dump(),
         "database": meta.get("segments", {}).get("database"),
-        "image": meta.get("image", "grey"),  # spectrogram.image (data_prep.channels)
+        "image": meta.get("image", "grey"),  # spectrogram.image (data_prep.images.channels)
         "classes": classes, "preprocessing": setup.spec, "model": setup.arch,
         "weights": {**asdict(setup.weights), "describe": setup.weights.describe()},
         "freeze_report": asdict(setup.report), "device": str(device), "seed": params.seed,
@@ -127,7 +135,7 @@ def run(
     main = distributed.is_main()  # only rank 0 writes the run folder and logs to MLflow
     with _tracked(tracking_params if main else None, out, resolved) as run_id:
         inputs = fitting.RunInputs(
-            trainval, data.rhythm_matrix(trainval, rr_names, spectrograms / INDEX), None,
+            trainval, rhythm_matrix(trainval, rr_names, spectrograms / INDEX), None,
             spectrograms)
         if cached:
             inputs.features = fitting.cached_features(
@@ -147,7 +155,7 @@ def run(
         if run_id:
             run_tracking.log_train_outputs(run_id, metrics, [out / RESOLVED, out / HISTORY])
     log.info("wrote %s: validation macro-F1 %.4f over %s", out,
-             metrics["best_val_macro_f1"], ", ".join(resolved["select_classes"]))
+             metrics["best_val_macro_f1"], "/".join(resolved["select_classes"]))
     return metrics
 
 

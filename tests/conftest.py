@@ -54,7 +54,7 @@ def weights_dir() -> Path:
 def running_mlflow_server(root: Path, timeout: float = SERVER_START_S) -> Iterator[str]:
     """Runs `mlflow server` on a free loopback port until the block ends; yields its URL.
 
-    Set up as a shared server is (README, "Shared MLflow server"): a database backend and
+    Set up as a shared server is (docs/scale-out.md, "Shared MLflow server"): a database backend and
     `--serve-artifacts`, so clients upload every artifact through the server's HTTP API into
     `root/artifacts` (SERVER_ARTIFACTS) and write nothing beside themselves.
     """
@@ -85,7 +85,9 @@ def running_mlflow_server(root: Path, timeout: float = SERVER_START_S) -> Iterat
 
 
 def _wait_healthy(url: str, server: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    from pipeline import tracking  # here: importing mlflow costs seconds in every test run
+    from pipeline.tracking import (
+        mlflow_io,  # here: importing mlflow costs seconds in every test run
+    )
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -93,9 +95,9 @@ def _wait_healthy(url: str, server: subprocess.Popen, log_path: Path, timeout: f
             tail = log_path.read_text()[-3000:]
             pytest.fail(f"mlflow server exited ({server.returncode}):\n{tail}")
         try:
-            tracking.check_tracking_server(url, timeout=1.0)
+            mlflow_io.check_tracking_server(url, timeout=1.0)
             return
-        except tracking.TrackingServerError:
+        except mlflow_io.TrackingServerError:
             time.sleep(0.5)
     pytest.fail(f"mlflow server not healthy after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
 

@@ -55,7 +55,7 @@ def make_params(**overrides: Any):
 
 def segment_params(**overrides: Any):
     """The committed segment params with the AAMI map and test overrides."""
-    from data_prep.windows import SegmentParams
+    from data_prep.beats.windows import SegmentParams
 
     section = committed_params()["segment"]
     aami = str(REPO / "configs" / "labels" / "aami.yaml")

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from data_prep import layout, segment
-from data_prep.configs import load_label_map
+from data_prep.records.configs import load_label_map
 from pipeline.export import recorded_preprocessing
-from pipeline.predict import Bundle
+from pipeline.runtime.predict import Bundle
 from tests.helpers import REPO, committed_params
 from tests.synthetic import ecg_like, regular_beats, write_record, write_records_file
 

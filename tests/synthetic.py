@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import wfdb
 
+from data_prep.beats.rhythm import BEAT_FEATURES
 from data_prep.layout import save_shard, write_index, write_json
-from data_prep.rhythm import BEAT_FEATURES
 
 
 def regular_beats(n_samples: int, fs: float, rr_s: float = 0.8, first_s: float = 1.5) -> np.ndarray:
@@ -147,7 +147,7 @@ def write_synthetic(
         labels = [c for c, n in zip(range(3), counts, strict=True) for _ in range(n)]
         rng.shuffle(labels)
         save_shard(spec, record, np.stack([synthetic_image(k, rng, size) for k in labels]))
-        # rhythm as `data_prep.rhythm` writes it: class 1 beats come early (rr_pre_ratio 0.6)
+        # rhythm as `data_prep.beats.rhythm` writes it: class 1 beats come early (rr_pre_ratio 0.6)
         rows += [{"record": record, "row": i, "sample": 100 * i, "label": CLASSES[k],
                   "symbol": CLASSES[k], **synthetic_rhythm(k, rng), "rr_status": ""}
                  for i, k in enumerate(labels)]

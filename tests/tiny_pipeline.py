@@ -21,7 +21,8 @@ SPLITS = {"r1": "train", "r2": "val", "r3": "test"}
 
 def stage_params(image: str = "grey") -> dict:
     """The repository's params with small, fast overrides for the synthetic records, making
-    images of kind `image` (`data_prep.channels`; two_lead keeps the records' second lead)."""
+    images of kind `image` (`data_prep.images.channels`; two_lead keeps the records' second
+    lead)."""
     data = committed_params()
     data["segment"] |= {"label_map": str(REPO / "configs/labels/aami.yaml"),
                         "max_skip_fraction": 0.5}

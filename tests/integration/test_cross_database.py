@@ -15,8 +15,8 @@ import wfdb
 import yaml
 from scipy.signal import resample_poly
 
-from data_prep.configs import load_label_map
 from data_prep.layout import read_json
+from data_prep.records.configs import load_label_map
 from pipeline import cross_evaluate
 from tests.helpers import REPO
 

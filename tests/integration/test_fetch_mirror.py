@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.checksums import parse_manifest
 from data_prep.fetch import DatasetParams, FetchParams, run
+from data_prep.records.checksums import parse_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

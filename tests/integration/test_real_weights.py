@@ -14,9 +14,9 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.freeze import apply_freeze, feature_extractor
-from pipeline.models import build_model, model_data_config
-from pipeline.weights import resolve_weights
+from pipeline.training.freeze import apply_freeze, feature_extractor
+from pipeline.training.models import build_model, model_data_config
+from pipeline.training.weights import resolve_weights
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

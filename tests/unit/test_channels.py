@@ -1,4 +1,4 @@
-"""Image kinds (data_prep.channels): grey, multires and two_lead images, their stage output,
+"""Image kinds (data_prep.images.channels): grey, multires and two_lead images, their stage output,
 and the model side's channel handling (train.channels)."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from data_prep import channels, layout
+from data_prep import layout
+from data_prep.images import channels
+from data_prep.images.stft import ImageParams, SpectrogramParams, plan, spectrogram_images
 from data_prep.spectrogram import run
-from data_prep.stft import ImageParams, SpectrogramParams, plan, spectrogram_images
-from pipeline.transforms import Preprocess, check_channels, preprocess_spec
+from pipeline.training.transforms import Preprocess, check_channels, preprocess_spec
 
 FS, L = 250.0, 625
 BASE = dict(window="hann", nperseg=32, noverlap=29, nfft=256, fmin_hz=0.0, fmax_hz=40.0,

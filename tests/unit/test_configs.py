@@ -13,8 +13,8 @@ import yaml
 from wfdb.io.annotation import ann_label_table
 
 from data_prep import layout, segment, split
-from data_prep.configs import DatabaseConfig, load_database, load_label_map
 from data_prep.params import DatasetParams, parse_section
+from data_prep.records.configs import DatabaseConfig, load_database, load_label_map
 from tests.helpers import REPO, committed_params
 from tests.synthetic import regular_beats, write_record, write_records_file
 

@@ -18,9 +18,10 @@ import pytest
 import yaml
 
 from data_prep import layout
-from data_prep.configs import load_label_map
-from pipeline import cross_evaluate, cross_reference
-from pipeline.report_folder import DETAILS, HEADLINE, METRICS, PREDICTIONS
+from data_prep.records.configs import load_label_map
+from pipeline import cross_evaluate
+from pipeline.evaluation import cross_reference
+from pipeline.evaluation.report_folder import DETAILS, HEADLINE, METRICS, PREDICTIONS
 from tests.helpers import REPO, segment_params
 from tests.synthetic import write_record, write_records_file
 
@@ -89,12 +90,12 @@ def _close(found, expected) -> bool:
 def test_bundle_scored_on_another_database(built, second_db, monkeypatch):
     from mlflow import MlflowClient
 
-    from pipeline import run_tracking, tracking
+    from pipeline.tracking import mlflow_io, run_tracking
 
     root = second_db["root"]
     monkeypatch.chdir(root)  # the default out folder and the sqlite store's artifacts land here
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    monkeypatch.setenv(tracking.URI_ENV, uri)
+    monkeypatch.setenv(mlflow_io.URI_ENV, uri)
     before = _digest(built["reports"])
     summary = cross_evaluate.run(
         built["bundle"], DB, mirror=second_db["mirror"], n_boot=50, seed=1,

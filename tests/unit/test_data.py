@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from data_prep.layout import load_shard
-from pipeline import data
+from pipeline.training import data
 from tests.synthetic import CLASSES, RECORDS
 
 

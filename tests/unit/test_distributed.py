@@ -23,9 +23,10 @@ import pytest
 import torch
 import yaml
 
-from pipeline import data, distributed, train
-from pipeline.engine import WeightedCrossEntropy
-from pipeline.run_folder import CHECKPOINT, HISTORY, METRICS, MODEL, RESOLVED
+from pipeline import train
+from pipeline.training import data, distributed
+from pipeline.training.engine import WeightedCrossEntropy
+from pipeline.training.run_folder import CHECKPOINT, HISTORY, METRICS, MODEL, RESOLVED
 from tests.helpers import QUICK, committed_params
 from tests.synthetic import write_synthetic
 

@@ -1,4 +1,4 @@
-"""A DVC remote round trip, as the README's "DVC remote" section describes it.
+"""A DVC remote round trip, as docs/scale-out.md's "DVC remote" section describes it.
 
 A tiny two-stage DVC project in a temporary git repository: `dvc repro`, `dvc push` to a
 folder remote, a fresh `git clone`, `dvc pull`, and the clone has every output with nothing

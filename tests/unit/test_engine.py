@@ -12,17 +12,17 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pipeline import data, features
-from pipeline.checkpoint import Checkpointer
-from pipeline.engine import (
+from pipeline.training import data, features
+from pipeline.training.checkpoint import Checkpointer
+from pipeline.training.engine import (
     FitConfig,
     WeightedCrossEntropy,
     fit,
     predict,
 )
-from pipeline.freeze import apply_freeze, feature_extractor, param_groups
-from pipeline.optim import make_optimizer, make_scheduler
-from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
+from pipeline.training.freeze import apply_freeze, feature_extractor, param_groups
+from pipeline.training.optim import make_optimizer, make_scheduler
+from pipeline.training.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
 from tests.synthetic import CLASSES, write_synthetic
 
 CPU = torch.device("cpu")

@@ -15,8 +15,10 @@ from sklearn.metrics import f1_score
 from data_prep import layout
 from data_prep.layout import load_shard
 from data_prep.params import parse_section
-from pipeline import evaluate, report_folder, run_folder, train
-from pipeline.metrics import nan_to_none
+from pipeline import evaluate, train
+from pipeline.evaluation import report_folder
+from pipeline.evaluation.metrics import nan_to_none
+from pipeline.training import run_folder
 from tests.helpers import committed_params, make_params
 from tests.synthetic import CLASSES, RECORDS, write_synthetic
 
@@ -118,7 +120,7 @@ def test_metrics_recomputed_from_predictions_csv_equal_metrics_json(report):
         assert nan_to_none(ev.metrics_tree()) == logged
         part = predictions[predictions["split"] == split]
         sk_f1 = f1_score(part["label"], part["pred"], labels=CLASSES, average="macro",
-                         zero_division=np.nan)  # independent of pipeline.metrics
+                         zero_division=np.nan)  # independent of pipeline.evaluation.metrics
         assert metrics[split]["macro_f1"] == pytest.approx(sk_f1, abs=1e-12)
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from data_prep.layout import load_shard, read_index, save_shard, sha256_file, shard_path
-from pipeline import feature_store
-from pipeline.data import load_split_index
-from pipeline.feature_store import FeatureStore, record_stems
-from pipeline.features import data_fingerprint
-from pipeline.transforms import Preprocess
+from pipeline.training import feature_store
+from pipeline.training.data import load_split_index
+from pipeline.training.feature_store import FeatureStore, record_stems
+from pipeline.training.features import data_fingerprint
+from pipeline.training.transforms import Preprocess
 from tests.synthetic import write_synthetic
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import checksums, fetch
+from data_prep import fetch
 from data_prep.fetch import DatasetParams, FetchParams, run
+from data_prep.records import checksums
 from tests.helpers import committed_params
 
 DB = "toydb"
@@ -158,8 +159,8 @@ def test_env_var_used_when_params_mirror_unset(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fake_wfdb_io(monkeypatch: pytest.MonkeyPatch):
-    """Stands in for data_prep.wfdb_io; tests set `module.error` to make downloads fail."""
-    module = types.ModuleType("data_prep.wfdb_io")
+    """Stands in for data_prep.records.wfdb_io; tests set `module.error` to make downloads fail."""
+    module = types.ModuleType("data_prep.records.wfdb_io")
     module.error = None
 
     def download_file(db, version, filename, dest_dir):
@@ -169,7 +170,7 @@ def fake_wfdb_io(monkeypatch: pytest.MonkeyPatch):
 
     module.download_file = download_file
     module.download_records = download_file
-    monkeypatch.setitem(sys.modules, "data_prep.wfdb_io", module)
+    monkeypatch.setitem(sys.modules, "data_prep.records.wfdb_io", module)
     return module
 
 
@@ -198,7 +199,7 @@ def test_non_network_download_error_propagates(tmp_path: Path, fake_wfdb_io) -> 
 
 def test_download_path_verifies_like_a_mirror(tmp_path: Path, monkeypatch) -> None:
     source = make_mirror(tmp_path / "remote", manifest_name="SHA256SUMS.txt") / DB
-    module = types.ModuleType("data_prep.wfdb_io")
+    module = types.ModuleType("data_prep.records.wfdb_io")
 
     def download_file(db, version, filename, dest_dir):
         assert (db, version) == (DB, "1.0.0")
@@ -210,7 +211,7 @@ def test_download_path_verifies_like_a_mirror(tmp_path: Path, monkeypatch) -> No
                 fetch.shutil.copy(path, dest)
 
     module.download_file, module.download_records = download_file, download_records
-    monkeypatch.setitem(sys.modules, "data_prep.wfdb_io", module)
+    monkeypatch.setitem(sys.modules, "data_prep.records.wfdb_io", module)
     summary = fetch_(None, tmp_path / "raw", version="1.0.0", records=["r1"])
     assert summary["source"] == "physionet"
     assert summary["verified"] == 3 and summary["unverified"] == []

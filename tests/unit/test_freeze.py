@@ -7,7 +7,7 @@ import timm
 import torch
 from torch import nn
 
-from pipeline.freeze import (
+from pipeline.training.freeze import (
     apply_freeze,
     block_groups,
     feature_extractor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.fusion import FusionHead
+from pipeline.training.fusion import FusionHead
 
 
 def _inputs_seen(head: FusionHead, image: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep import channels, spectrogram
+from data_prep import spectrogram
+from data_prep.images import channels
 from data_prep.layout import load_shard, read_index, sha256_file, shard_path
-from pipeline import bundle as bundle_format
-from pipeline import predict
-from pipeline.feature_store import record_stems
+from pipeline.runtime import bundle as bundle_format
+from pipeline.runtime import predict
+from pipeline.training.feature_store import record_stems
 from tests.synthetic import write_record
 from tests.tiny_pipeline import build_pipeline, stage_params
 

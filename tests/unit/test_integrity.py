@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from data_prep import layout
-from pipeline import bundle, evaluate, export, predict, run_tracking, tracking
+from pipeline import evaluate, export, predict
+from pipeline.runtime import bundle
+from pipeline.tracking import mlflow_io, run_tracking
 from tests.helpers import export_params, free_port
 from tests.tiny_pipeline import stage_params
 
@@ -35,12 +37,12 @@ def test_truncated_shard_names_the_file_and_the_stage(built, tmp_path):
 def test_failed_evaluate_keeps_a_finished_run_finished(built, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a sqlite store writes its artifacts to ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv(tracking.URI_ENV, uri)
+    monkeypatch.setenv(mlflow_io.URI_ENV, uri)
     model, spectrograms = tmp_path / "model", tmp_path / "spectrograms"
     shutil.copytree(built["model"], model)
     shutil.copytree(built["spectrograms"], spectrograms)
-    run_id = tracking.start_run("unit", "evaluated", source_tags=False)
-    tracking.end_run(run_id, "FINISHED")  # as an earlier, successful evaluate left it
+    run_id = mlflow_io.start_run("unit", "evaluated", source_tags=False)
+    mlflow_io.end_run(run_id, "FINISHED")  # as an earlier, successful evaluate left it
     (model / run_tracking.RUN_FILE).write_text(json.dumps({"run_id": run_id}))
     shard = layout.shard_path(spectrograms, "r3")
     _truncate(shard)
@@ -50,7 +52,7 @@ def test_failed_evaluate_keeps_a_finished_run_finished(built, tmp_path, monkeypa
     with pytest.raises(ValueError, match=rf"{shard}: truncated"):
         evaluate.run(params, model, spectrograms, built["splits"], tmp_path / "reports",
                      tracking_params)
-    run = tracking._client(uri).get_run(run_id)
+    run = mlflow_io._client(uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert "truncated" in run.data.tags["last_error"]
 
@@ -85,11 +87,11 @@ def test_truncated_bundle_json_names_the_file(built, tmp_path):
 
 
 def test_export_checks_the_tracking_server_first(built, tmp_path, monkeypatch):
-    monkeypatch.setenv(tracking.URI_ENV, f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv(mlflow_io.URI_ENV, f"http://127.0.0.1:{free_port()}")
     monkeypatch.setattr(export, "recorded_preprocessing",
                         lambda *a: pytest.fail("work before the check"))
     out = tmp_path / "export" / "run"
-    with pytest.raises(tracking.TrackingServerError, match="unreachable"):
+    with pytest.raises(mlflow_io.TrackingServerError, match="unreachable"):
         export.run(export_params(register_model=True), built["model"], built["reports"],
                    built["segments"], built["spectrograms"], out, built["splits"])
     assert not out.parent.exists() or not list(out.parent.iterdir())

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
-from pipeline import metrics
-from pipeline.headline import headline
+from pipeline.evaluation import metrics
+from pipeline.evaluation.headline import headline, macro_f1_text
 
 NAMES = ["N", "S", "V", "F"]
 # 8 beats of 3 records. V is never predicted; F never occurs but is predicted once.
@@ -216,3 +216,12 @@ def test_headline_aami_and_tiny_support_caveats() -> None:
     notes = metrics.tiny_support_caveats(pd.Series({"N": 500, "S": 29, "V": 30, "F": 2, "Q": 0}))
     assert [n.split(":")[0] for n in notes] == ["class S", "class F"]
     assert "only 2 examples" in notes[1]
+
+
+def test_logged_macro_f1_names_the_classes_it_averages():
+    aami = {"accuracy": 0.9, "macro_f1": 0.5144, "macro_f1_nsvf": 0.632,
+            **{c: {"f1": 0.5, "se": 0.5} for c in ("N", "S", "V", "F", "Q")}}
+    assert macro_f1_text(aami) == "N/S/V/F macro-F1 0.6320 (over N/S/V/F/Q 0.5144)"
+    rhythm = {"macro_f1": 0.7, "macro_f1_nsvf": None, "AF": {"f1": 0.6}, "other": {"f1": 0.8}}
+    assert macro_f1_text(rhythm) == "macro-F1 over AF/other 0.7000"
+    assert macro_f1_text(rhythm | {"macro_f1_nsvf": float("nan")}).startswith("macro-F1 over")

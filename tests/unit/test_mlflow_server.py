@@ -15,7 +15,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from pipeline import evaluate, fitting, run_tracking, tracking, train
+from pipeline import evaluate, train
+from pipeline.tracking import mlflow_io, run_tracking
+from pipeline.training import fitting
 from tests.helpers import QUICK, committed_params, free_port
 from tests.synthetic import write_synthetic
 
@@ -43,7 +45,7 @@ def cli(params: Path, spec: Path, splits: Path, model: Path, report: Path) -> No
 
 
 def test_train_and_evaluate_log_one_run(mlflow_server, tmp_path, monkeypatch):
-    monkeypatch.setenv(tracking.URI_ENV, mlflow_server)
+    monkeypatch.setenv(mlflow_io.URI_ENV, mlflow_server)
     monkeypatch.chdir(tmp_path)  # nothing may land in the repository (mlflow.db, mlruns)
     spec, splits = write_synthetic(tmp_path)
     params = write_params(tmp_path, log_model=True)
@@ -99,7 +101,7 @@ def test_every_artifact_lands_in_the_servers_store_and_none_beside_the_client(
         mlflow_server, mlflow_server_artifacts, tmp_path, monkeypatch):
     """A shared server (--serve-artifacts): reports, plots, configs and the logged model are
     uploaded through it; the client's folder keeps only the stages' own outputs."""
-    monkeypatch.setenv(tracking.URI_ENV, mlflow_server)
+    monkeypatch.setenv(mlflow_io.URI_ENV, mlflow_server)
     client_dir = tmp_path / "client"
     client_dir.mkdir()
     monkeypatch.chdir(client_dir)
@@ -135,7 +137,7 @@ def test_every_artifact_lands_in_the_servers_store_and_none_beside_the_client(
 
 
 def test_failed_train_marks_the_run_failed(mlflow_server, tmp_path, monkeypatch):
-    monkeypatch.setenv(tracking.URI_ENV, mlflow_server)
+    monkeypatch.setenv(mlflow_io.URI_ENV, mlflow_server)
     monkeypatch.chdir(tmp_path)
     spec, splits = write_synthetic(tmp_path)
 
@@ -154,15 +156,15 @@ def test_failed_train_marks_the_run_failed(mlflow_server, tmp_path, monkeypatch)
 
 
 def test_unreachable_server_fails_before_training(tmp_path, monkeypatch):
-    monkeypatch.setenv(tracking.URI_ENV, f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv(mlflow_io.URI_ENV, f"http://127.0.0.1:{free_port()}")
     spec, splits = write_synthetic(tmp_path)
     params = write_params(tmp_path)
     model = tmp_path / "models" / "m"
-    with pytest.raises(tracking.TrackingServerError, match="unset MLFLOW_TRACKING_URI"):
+    with pytest.raises(mlflow_io.TrackingServerError, match="unset MLFLOW_TRACKING_URI"):
         train.main(["--params", str(params), "--backbone", "test_resnet", "--freeze", "frozen",
                     "--spectrograms", str(spec), "--splits", str(splits), "--out", str(model)])
     assert not model.exists()  # no model, no checkpoint, no features
-    with pytest.raises(tracking.TrackingServerError):
+    with pytest.raises(mlflow_io.TrackingServerError):
         evaluate.main(["--params", str(params), "--model", str(model), "--spectrograms",
                        str(spec), "--splits", str(splits), "--out", str(tmp_path / "r")])
     assert not (tmp_path / "r").exists()

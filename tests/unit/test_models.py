@@ -15,9 +15,9 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 
 from data_prep.layout import sha256_file
-from pipeline import weights
-from pipeline.models import build_model, model_data_config
-from pipeline.weights import WeightsSource, resolve_weights
+from pipeline.training import weights
+from pipeline.training.models import build_model, model_data_config
+from pipeline.training.weights import WeightsSource, resolve_weights
 
 SMALL_VGG = {"mlp_ratio": 1 / 16}  # VGG key layout (features, pre_logits, head.fc), 1/8 size
 

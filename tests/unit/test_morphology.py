@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from data_prep import context, morphology
-from data_prep.morphology import FEATURES, FLOOR, MorphologyParams
-from data_prep.windows import SegmentParams
+from data_prep.beats import context, morphology
+from data_prep.beats.morphology import FEATURES, FLOOR, MorphologyParams
+from data_prep.beats.windows import SegmentParams
 from tests.helpers import committed_params
 
 FS, OFFSET, LENGTH = 250, 313, 625

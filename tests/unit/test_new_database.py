@@ -19,8 +19,8 @@ import yaml
 
 from data_prep import fetch, layout, segment, spectrogram, split
 from data_prep.cli import run_main
-from data_prep.configs import load_database, load_label_map
 from data_prep.params import DatasetParams
+from data_prep.records.configs import load_database, load_label_map
 from tests import odd_records
 from tests.helpers import REPO, committed_params
 from tests.synthetic import regular_beats, write_annotations, write_record, write_records_file
@@ -56,7 +56,7 @@ def _write_mirror(mirror: Path) -> dict[str, int]:
 
 
 def _config_from_template(configs: Path) -> Path:
-    """<configs>/holter.yaml: the template copied and filled in, as the README says."""
+    """<configs>/holter.yaml: the template copied and filled in, as docs/databases.md says."""
     text = (REPO / "configs/databases/_template.yaml").read_text()
     for old, new in (("name: mydb", f"name: {DB}"), ("default_split: random",
                                                      "default_split: published")):

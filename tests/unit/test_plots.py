@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import metrics, plots
+from pipeline.evaluation import metrics, plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

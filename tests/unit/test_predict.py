@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from data_prep import morphology, rhythm, signals, wfdb_io
+from data_prep.beats import morphology, rhythm
 from data_prep.layout import load_shard, read_index
+from data_prep.records import signals, wfdb_io
 from pipeline import predict
+from pipeline.runtime import load_bundle
 from tests.helpers import REPO
 from tests.synthetic import ecg_like, regular_beats, write_record, write_records_file
 
@@ -72,7 +76,7 @@ def test_missing_lead_names_the_leads_present(bundle, tmp_path, caplog):
     write_record(tmp_path, "v", sig_names=("V1", "V5"))
     with pytest.raises(ValueError, match=r"leads \['V1', 'V5'\], none of .*MLII.*lead="):
         bundle.predict_record(tmp_path / "v")
-    with caplog.at_level(logging.INFO, logger="pipeline.predict"):
+    with caplog.at_level(logging.INFO, logger="pipeline.runtime"):
         table = bundle.predict_record(tmp_path / "v.hea", lead="V5")
     assert _ok(table).shape[0] > 0
     assert set(table["lead"]) == {"V5"}  # the lead read is in every row and in the log
@@ -125,6 +129,20 @@ def test_predict_folder_reports_bad_records_and_goes_on(bundle, built, tmp_path)
     assert "V1" in table.loc[table["record"] == "b", "note"].iat[0]
 
 
+def test_a_folder_of_bundles_is_no_bundle_and_lists_them(built, tmp_path):
+    for run in ("a-frozen", "b-partial"):
+        shutil.copytree(built["bundle"], tmp_path / "export" / "db" / run)
+    with pytest.raises(FileNotFoundError, match="holds bundles") as err:
+        load_bundle(tmp_path / "export")
+    assert str(tmp_path / "export" / "db" / "a-frozen") in str(err.value)
+    assert str(tmp_path / "export" / "db" / "b-partial") in str(err.value)
+    with pytest.raises(FileNotFoundError, match="no such bundle folder"):
+        load_bundle(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no bundle.json; .*models/export/<db>/<run>"):
+        load_bundle(tmp_path / "empty")
+
+
 def test_cli_writes_csv(built, tmp_path):
     out = tmp_path / "p.csv"
     predict.main(["--bundle", str(built["bundle"]), str(built["raw"] / "r1"), str(built["raw"]),
@@ -133,6 +151,20 @@ def test_cli_writes_csv(built, tmp_path):
     assert set(table["record"]) == {"r1", "r2", "r3"} and (table["beat_source"] == "detector").all()
     assert table.columns.tolist()[:4] == ["record", "lead", "sample", "time_s"]
     assert set(table["lead"]) == {"MLII"}
+
+
+def test_installed_command_runs_a_bundle(built, tmp_path):
+    command = Path(sys.executable).parent / "ecg-predict"
+    assert command.is_file(), f"{command}: missing; pip install -e . installs the commands"
+    out = tmp_path / "p.csv"
+    done = subprocess.run([str(command), "--bundle", str(built["bundle"]), str(built["raw"] / "r1"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (pd.read_csv(out)["status"] == "ok").any()
+    wrong = subprocess.run([str(command), "--bundle", str(tmp_path), str(built["raw"] / "r1"),
+                            "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr, wrong.stderr
+    assert wrong.stderr.splitlines()[-1].startswith(f"error: {tmp_path}: no bundle.json")
 
 
 def test_predict_imports_no_torch_timm_mlflow_dvc(built):
@@ -145,9 +177,12 @@ def test_predict_imports_no_torch_timm_mlflow_dvc(built):
                 if name.split(".")[0] in BLOCKED:
                     raise ImportError(f"blocked import of {{name}}")
         sys.meta_path.insert(0, Block())
-        from pipeline.predict import load_bundle
+        from pipeline.runtime import load_bundle
+        from pipeline.predict import main
         table = load_bundle({str(built["bundle"])!r}).predict_record({str(built["raw"] / "r1")!r})
         assert (table["status"] == "ok").any()
+        main(["--bundle", {str(built["bundle"])!r}, {str(built["raw"] / "r1")!r},
+              "--out", {str(built["bundle"].parent / "blocked.csv")!r}])
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         assert not loaded, loaded
         print("OK")

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from data_prep import segment, spectrogram
-from pipeline import evaluate, record_level, report_folder, train
+from pipeline import evaluate, train
+from pipeline.evaluation import record_level, report_folder
 from tests.helpers import REPO, committed_params
 from tests.synthetic import regular_beats, write_record, write_records_file
 
@@ -109,7 +110,7 @@ def test_record_mode_end_to_end_matches_a_hand_computation(tmp_path: Path) -> No
 def test_predict_aggregates_only_classified_windows() -> None:
     from types import SimpleNamespace
 
-    from pipeline.predict import Bundle
+    from pipeline.runtime.predict import Bundle
 
     table = pd.DataFrame({"record": ["a", "a", "a"], "status": ["ok", "flat", "ok"],
                           "label": ["", "", ""], "prob_N": [0.2, float("nan"), 0.4],

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_prep import rhythm
-from data_prep.rhythm import BEAT_FEATURES, WINDOW_FEATURES, RhythmParams
+from data_prep.beats import rhythm
+from data_prep.beats.rhythm import BEAT_FEATURES, WINDOW_FEATURES, RhythmParams
 
 PARAMS = RhythmParams(beat_labels="configs/labels/aami.yaml", local_beats=10, baseline_s=300.0,
                       min_rr_s=0.2, max_rr_s=3.0, fallback_rr_s=0.8)

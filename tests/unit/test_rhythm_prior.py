@@ -7,9 +7,9 @@ import pytest
 import torch
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-from pipeline import fitting
-from pipeline.fusion import FusionHead
-from pipeline.rhythm_prior import RhythmDiscriminant, RhythmMix
+from pipeline.training import fitting
+from pipeline.training.fusion import FusionHead
+from pipeline.training.rhythm_prior import RhythmDiscriminant, RhythmMix
 
 
 def log_features(rr: np.ndarray) -> np.ndarray:

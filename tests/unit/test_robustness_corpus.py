@@ -130,4 +130,4 @@ def test_cli_exits_non_zero_with_one_line_when_nothing_is_classified(built, corp
     assert debug.returncode != 0 and "Traceback" in debug.stderr
     broken = _cli("--bundle", str(tmp_path), str(corpus), "--out", str(out))
     assert broken.returncode == 1 and "Traceback" not in broken.stderr
-    assert "bundle.json: missing" in broken.stderr
+    assert "no bundle.json" in broken.stderr

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from data_prep.params import parse_section
-from pipeline import evaluate, export, run_tracking, train
+from pipeline import evaluate, export, train
+from pipeline.tracking import run_tracking
 from tests.helpers import committed_params
 
 

@@ -1,14 +1,15 @@
 """The second lead of two-lead images: chosen by name, cut at the first lead's windows, and a
-record without one duplicated or skipped, always counted (data_prep.second_lead, segment)."""
+record without one duplicated or skipped, always counted (data_prep.beats.second_lead, segment)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from data_prep import layout, segment, spectrogram, wfdb_io
-from data_prep.second_lead import choose_second, cut_second
-from data_prep.windows import condition_and_cut
+from data_prep import layout, segment, spectrogram
+from data_prep.beats.second_lead import choose_second, cut_second
+from data_prep.beats.windows import condition_and_cut
+from data_prep.records import wfdb_io
 from pipeline.export import recorded_preprocessing
 from tests.helpers import committed_params
 from tests.helpers import segment_params as make_params

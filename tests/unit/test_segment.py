@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from data_prep import context, layout, morphology, rhythm, segment
-from data_prep.configs import load_label_map
+from data_prep import layout, segment
+from data_prep.beats import context, morphology, rhythm
+from data_prep.beats.windows import signal_quality
 from data_prep.params import read_yaml
-from data_prep.windows import signal_quality
+from data_prep.records.configs import load_label_map
 from tests.helpers import REPO, committed_params, write_committed_params
 from tests.synthetic import write_record, write_records_file
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_prep import signals
+from data_prep.records import signals
 from tests.synthetic import ecg_like
 
 

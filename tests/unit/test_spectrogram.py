@@ -9,9 +9,9 @@ from PIL import Image
 from scipy import ndimage
 
 from data_prep import layout
+from data_prep.images.stft import SpectrogramParams, _resize, plan, spectrogram_images
 from data_prep.params import parse_section
 from data_prep.spectrogram import main, run
-from data_prep.stft import SpectrogramParams, _resize, plan, spectrogram_images
 from tests.helpers import committed_params
 
 FS = 250.0

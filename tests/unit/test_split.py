@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from data_prep import folds, split
-from data_prep.configs import load_database
+from data_prep import split
+from data_prep.beats import folds
 from data_prep.layout import write_index, write_json
+from data_prep.records.configs import load_database
 from data_prep.split import DatasetParams, SplitParams, run
 from tests.helpers import committed_params
 

@@ -13,25 +13,31 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.provenance import PACKAGES, closure, imports, module_path, project_imports
+from pipeline.tracking.provenance import PACKAGES, closure, imports, module_path, project_imports
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("data_prep.sources", "data_prep.fetch", "data_prep.segment", "data_prep.split",
-          "data_prep.spectrogram", "pipeline.train", "pipeline.evaluate", "pipeline.export")
+          "data_prep.spectrogram", "pipeline.train", "pipeline.evaluate", "pipeline.export",
+          "pipeline.cross_evaluate", "pipeline.predict")  # shells users call; nothing imports them
 HEAVY = ("torch", "timm", "mlflow")  # data_prep (the record-side base install) never needs them
 MAX_LINES = 330
 
 
+def source_files() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py"))
+
+
 def project_modules() -> list[str]:
-    return sorted(f"{pkg}.{p.stem}" for pkg in PACKAGES for p in (REPO / pkg).glob("*.py")
-                  if p.stem != "__init__")
+    """Every module and package of the project, as dotted names."""
+    return sorted(".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+                  for p in source_files())
 
 
 def test_import_reader_finds_the_stage_imports():
     """The checks below rely on the reader: it sees `from pkg import mod` and lazy imports."""
-    assert "data_prep.wfdb_io" in project_imports("data_prep.fetch")  # imported in a function
+    assert "data_prep.records.wfdb_io" in project_imports("data_prep.fetch")  # in a function
     assert "data_prep.layout" in project_imports("data_prep.segment")  # from data_prep import
-    assert "data_prep.windows" in closure("pipeline.predict")
+    assert "data_prep.beats.windows" in closure("pipeline.predict")
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -109,8 +115,7 @@ def test_dvc_matrix_stages_parse():
 
 
 def test_modules_stay_small():
-    sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines())
-             for pkg in PACKAGES for p in (REPO / pkg).glob("*.py")}
+    sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in source_files()}
     over = {p: n for p, n in sizes.items() if n > MAX_LINES}
     assert not over, f"modules over {MAX_LINES} lines: {over}; split them"
 
@@ -126,8 +131,8 @@ def test_dvc_code_deps_are_all_imported(stage):
     assert not stale, f"dvc.yaml stage {stage} lists {stale}, which {module} never imports"
 
 
-@pytest.mark.parametrize(("library", "home"), [("wfdb", "data_prep.wfdb_io"),
-                                               ("mlflow", "pipeline.tracking")])
+@pytest.mark.parametrize(("library", "home"), [("wfdb", "data_prep.records.wfdb_io"),
+                                               ("mlflow", "pipeline.tracking.mlflow_io")])
 def test_one_module_imports_each_boundary_library(library, home):
     users = sorted(m for m in project_modules()
                    if any(i.split(".")[0] == library for i in imports(m)))
@@ -178,7 +183,7 @@ def test_no_block_of_six_lines_is_repeated():
     """What more than one module needs has one home: no 6 code lines repeated across modules."""
     seen: dict[tuple[str, ...], str] = {}
     repeated = []
-    for path in sorted(p for pkg in PACKAGES for p in (REPO / pkg).glob("*.py")):
+    for path in source_files():
         lines = _code_lines(path)
         for k in range(len(lines) - 5):
             block = tuple(text for _, text in lines[k:k + 6])

@@ -13,7 +13,8 @@ import yaml
 from safetensors.torch import load_file
 
 from data_prep.params import parse_section
-from pipeline import run_folder, train
+from pipeline import train
+from pipeline.training import run_folder
 from tests.helpers import QUICK, committed_params, make_params
 from tests.synthetic import CLASSES, write_synthetic
 
@@ -114,14 +115,14 @@ def test_bad_inputs_fail_early_with_the_fix(tmp_path, folders):
 def test_code_version_covers_every_module_train_imports(tmp_path, monkeypatch):
     """A checkpoint resumes only under the same code: the digest follows train's imports (the
     head, the feature store, the rhythm columns), not a hand-kept list."""
-    from pipeline import provenance
-    assert {"pipeline.fusion", "pipeline.feature_store", "pipeline.cv",
+    from pipeline.tracking import provenance
+    assert {"pipeline.training.fusion", "pipeline.training.feature_store", "pipeline.training.cv",
             "data_prep.layout"} <= provenance.closure("pipeline.train")
     before = provenance.code_digest("pipeline.train")
     fake = tmp_path / "pipeline" / "fusion.py"
     fake.parent.mkdir()
-    fake.write_text(provenance.module_path("pipeline.fusion").read_text() + "# changed\n")
+    fake.write_text(provenance.module_path("pipeline.training.fusion").read_text() + "# changed\n")
     real = provenance.module_path
     monkeypatch.setattr(provenance, "module_path",
-                        lambda name: fake if name == "pipeline.fusion" else real(name))
+                        lambda name: fake if name == "pipeline.training.fusion" else real(name))
     assert provenance.code_digest("pipeline.train") != before

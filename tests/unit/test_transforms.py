@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from pipeline.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
+from pipeline.training.transforms import ModelInput, Preprocess, SpecAugment, preprocess_spec
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
             "input_size": (3, 224, 224), "interpolation": "bicubic"}

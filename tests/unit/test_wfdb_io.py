@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import requests
 
-from data_prep import layout, wfdb_io
+from data_prep import layout
+from data_prep.records import wfdb_io
 from tests.synthetic import write_annotations, write_record, write_records_file
 
 

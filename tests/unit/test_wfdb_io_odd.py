@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import signals, wfdb_files, wfdb_io
+from data_prep.records import signals, wfdb_files, wfdb_io
 from tests import odd_records
 from tests.synthetic import ecg_like, regular_beats
 

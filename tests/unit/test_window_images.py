@@ -12,7 +12,13 @@ import pandas as pd
 import pytest
 
 from data_prep import layout, spectrogram
-from data_prep.stft import ImageParams, SpectrogramParams, WindowSTFT, plan, spectrogram_images
+from data_prep.images.stft import (
+    ImageParams,
+    SpectrogramParams,
+    WindowSTFT,
+    plan,
+    spectrogram_images,
+)
 from pipeline.export import recorded_preprocessing
 from tests.helpers import committed_params
 from tests.holter import predicted_and_stage_images, segmented_holter

@@ -14,7 +14,7 @@ from data_prep.spectrogram import SpectrogramParams
 from data_prep.split import SplitParams
 from pipeline.evaluate import EvaluateParams
 from pipeline.export import ExportParams
-from pipeline.run_tracking import TrackingParams
+from pipeline.tracking.run_tracking import TrackingParams
 from pipeline.train import TrainParams
 from tests.helpers import REPO, committed_params
 

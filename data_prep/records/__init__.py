@@ -1,0 +1,4 @@
+"""Reading records: WFDB files (`wfdb_io`, the only wfdb importer), local mirrors and
+checksums, signal conditioning (lead choice, resampling, band-pass) and the database and
+label-map configs of `configs/`. Imports no other room of data_prep, never torch.
+"""

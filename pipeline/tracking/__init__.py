@@ -1,0 +1,7 @@
+"""Where a run is recorded: MLflow (`mlflow_io`, the only module that imports mlflow), the
+stages' glue to it (`run_tracking`), the tracking-server check (`server`, plain HTTP) and the
+code and data a run came from (`provenance`: git commit, DVC hashes, import closures).
+
+May import data_prep, `pipeline.evaluation` and `pipeline.training.run_folder`'s file names;
+importing this package imports nothing (mlflow loads only with `mlflow_io`).
+"""
