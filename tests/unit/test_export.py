@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from data_prep.beats import morphology, rhythm
-from data_prep.layout import sha256_file
+from data_prep.layout import load_shard, read_index, sha256_file
 from data_prep.params import parse_section
 from pipeline import export
 from pipeline.evaluation import parity
@@ -110,6 +110,23 @@ def test_parity_cap_checks_a_spread_subset(built, tmp_path):
     assert meta["parity"]["images"] == 4
     rows = parity.parity_rows(pd.DataFrame({"split": ["test"] * 10, "x": range(10)}), 4)
     assert rows["x"].tolist() == [0, 3, 6, 9]
+
+
+def test_parity_inputs_are_the_stage_rows_of_each_pair_in_order(built):
+    """The parity check's images and rhythm features are those the stages wrote for each
+    (record, row) pair, in the pairs' order and in the model's feature order. The tiny model
+    gives every beat P(V) = 1, so the parity check itself would not notice rows or columns
+    taken in another order."""
+    rows = pd.DataFrame({"record": ["r3", "r1", "r3", "r1", "r3"], "row": [7, 2, 0, 30, 7]})
+    names = ["rr_post", "qrs_dissimilarity", "rr_pre"]
+    images = parity.load_images(built["spectrograms"], rows)
+    rr = parity.load_rhythm(built["spectrograms"], rows, names)
+    index = read_index(built["spectrograms"] / "index.csv").set_index(["record", "row"])
+    assert images.shape == (5, 32, 32) and images.dtype == np.uint8 and rr.shape == (5, 3)
+    for i, (record, row) in enumerate(zip(rows["record"], rows["row"], strict=True)):
+        np.testing.assert_array_equal(images[i], load_shard(built["spectrograms"], record)[row])
+        np.testing.assert_array_equal(rr[i], index.loc[(record, row), names].to_numpy(np.float32))
+    assert not np.array_equal(images[0], images[2]) and not np.array_equal(rr[0], rr[2])
 
 
 def test_registering_is_separate_from_the_bundle(built, tmp_path):

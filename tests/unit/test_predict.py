@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import subprocess
@@ -10,14 +11,18 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from data_prep.beats import morphology, rhythm
 from data_prep.layout import load_shard, read_index
 from data_prep.records import signals, wfdb_io
 from pipeline import predict
-from pipeline.runtime import load_bundle
+from pipeline.runtime import bundle as bundle_format
+from pipeline.runtime import load_bundle, onnx_runner
+from pipeline.runtime import predict as runtime
 from tests.helpers import REPO
 from tests.synthetic import ecg_like, regular_beats, write_record, write_records_file
 
@@ -48,6 +53,84 @@ def test_predict_record_equals_the_stage_images(bundle, built):
     np.testing.assert_allclose(kept[PROBS].to_numpy(), stage, atol=1e-5)
     edge = table[table["status"] != "ok"]
     assert set(edge["status"]) <= {"record_edge"} and edge[PROBS].isna().all().all()
+
+
+def _linear_graph(path: Path, w_image: np.ndarray, w_rr: np.ndarray, bias: np.ndarray) -> None:
+    """Writes an ONNX network with a bundle's inputs and outputs: logits = flattened images @
+    w_image + rr @ w_rr + bias (float32), probs = softmax(logits)."""
+    weights = [numpy_helper.from_array(a.astype(np.float32), name)
+               for name, a in (("w_image", w_image), ("w_rr", w_rr), ("bias", bias))]
+    images, rr = bundle_format.INPUT_NAME, bundle_format.RR_NAME
+    nodes = [helper.make_node("Cast", [images], ["pixels"], to=TensorProto.FLOAT),
+             helper.make_node("Flatten", ["pixels"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w_image"], ["from_image"]),
+             helper.make_node("MatMul", [rr, "w_rr"], ["from_rr"]),
+             helper.make_node("Add", ["from_image", "from_rr"], ["summed"]),
+             helper.make_node("Add", ["summed", "bias"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "linear",
+        [helper.make_tensor_value_info(images, TensorProto.UINT8, ["batch", 32, 32]),
+         helper.make_tensor_value_info(rr, TensorProto.FLOAT, ["batch", w_rr.shape[0]])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", w_rr.shape[1]])
+         for name in bundle_format.OUTPUT_NAMES], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _linear_bundle(bundle, index: pd.DataFrame, path: Path):
+    """The bundle with its network replaced by a fixed random linear one (`_linear_graph`) whose
+    pixels and rhythm columns are centred and scaled on `index`'s rows, so that every one moves
+    the probabilities and none saturates them; returns it and its probabilities in numpy."""
+    rng = np.random.default_rng(0)
+    rr = index[bundle.rhythm_features].to_numpy(np.float64)
+    k, mean, scale = len(bundle.classes), rr.mean(0), rr.std(0) + 1e-3
+    w_image = rng.normal(0, 2 / 32, (32 * 32, k)) / 255
+    w_rr = rng.normal(0, 0.5 / np.sqrt(rr.shape[1]), (rr.shape[1], k)) / scale[:, None]
+    bias = -127.5 * w_image.sum(0) - mean @ w_rr
+    _linear_graph(path, w_image, w_rr, bias)
+
+    def probs(images: np.ndarray, rr: np.ndarray) -> np.ndarray:
+        logits = images.reshape(len(images), -1) @ w_image + rr @ w_rr + bias
+        exp = np.exp(logits - logits.max(1, keepdims=True))
+        return exp / exp.sum(1, keepdims=True)
+
+    return dataclasses.replace(bundle, session=onnx_runner.onnx_session(path)), probs
+
+
+@pytest.mark.parametrize("record", ["r1", "r3"])
+def test_predict_feeds_the_network_the_stage_rows(bundle, built, tmp_path, monkeypatch, record):
+    """predict's own path (lead, resampling, window cutting, images at the segment rate,
+    rhythm and shape features) against what the segment and spectrogram stages wrote.
+
+    The tiny trained model gives P(V) = 1 to every beat, so its probabilities cannot tell a
+    window shifted by one sample, images made at another rate or rhythm columns in another
+    order. Here the network's inputs must equal the shard rows byte for byte and the index's
+    rhythm columns exactly, and a fixed linear network whose probabilities stay far from 0 and
+    1 and move with every pixel and rhythm column must give the stage rows' probabilities.
+    """
+    index = read_index(built["spectrograms"] / "index.csv")
+    linear, probs = _linear_bundle(bundle, index, tmp_path / "linear.onnx")
+    fed = []
+
+    def spy(session, images, rr, n_classes, batch_size=onnx_runner.BATCH_SIZE):
+        fed.append((images.copy(), rr.copy()))
+        return onnx_runner.run_probs(session, images, rr, n_classes, batch_size)
+
+    monkeypatch.setattr(runtime, "run_probs", spy)
+    table = linear.predict_record(built["raw"] / record)
+    index = index[index["record"] == record]
+    stage = load_shard(built["spectrograms"], record)[index["row"]]
+    stage_rr = index[linear.rhythm_features].to_numpy(np.float32)
+    ok = _ok(table)
+    kept = (ok["label"] != "").to_numpy()  # the stage keeps mapped symbols only
+    assert len(fed) == 1 and len(fed[0][0]) == len(ok) and kept.sum() == len(index) > 30
+    images, rr = fed[0]
+    np.testing.assert_array_equal(images[kept], stage)
+    np.testing.assert_array_equal(rr[kept], stage_rr)
+    expected = probs(stage.astype(np.float64), stage_rr.astype(np.float64))
+    assert expected.min() > 1e-3 and expected.max() < 0.99  # far from saturated
+    assert np.ptp(expected, axis=0).min() > 0.05  # and different from beat to beat
+    np.testing.assert_allclose(ok[kept][PROBS].to_numpy(), expected, atol=1e-5)
 
 
 def test_predict_signal_in_memory_equals_predict_record(bundle, built):
