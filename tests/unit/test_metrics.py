@@ -225,3 +225,60 @@ def test_logged_macro_f1_names_the_classes_it_averages():
     rhythm = {"macro_f1": 0.7, "macro_f1_nsvf": None, "AF": {"f1": 0.6}, "other": {"f1": 0.8}}
     assert macro_f1_text(rhythm) == "macro-F1 over AF/other 0.7000"
     assert macro_f1_text(rhythm | {"macro_f1_nsvf": float("nan")}).startswith("macro-F1 over")
+
+
+def _uniform_skill_records(n_records: int = 100) -> tuple[np.ndarray, ...]:
+    """Records of 100 beats whose accuracies are 1/100, 2/100, ... 100/100 (one S beat each).
+
+    All records are the same size, so a bootstrap draw's accuracy is the mean of the picked
+    records' accuracies: approximately normal (central limit theorem over 100 picks) around
+    the point estimate with sd = std(accuracies) / sqrt(n_records), computed exactly here.
+    """
+    y, pred, records = [], [], []
+    for i in range(n_records):
+        y += [1] + [0] * 99
+        pred += [1] + [0] * i + [1] * (99 - i)
+        records += [f"r{i:03d}"] * 100
+    accuracies = (np.arange(n_records) + 1) / 100
+    return np.array(y), np.array(pred), np.array(records), accuracies
+
+
+def test_intervals_are_95_percent_by_default():
+    """The default interval is the 2.5th to 97.5th percentile of the bootstrap (alpha 0.05).
+
+    On records of equal size the bootstrap accuracy is near normal with a known sd, so each
+    bound lies 1.96 sd from the estimate; a 90 % interval (1.64 sd) or a 99 % one (2.58 sd)
+    labelled as 95 % would be off by more than 0.3 sd, far beyond the 4000 draws' noise.
+    """
+    y, pred, records, accuracies = _uniform_skill_records()
+    sd = accuracies.std() / np.sqrt(len(accuracies))
+    ev = metrics.evaluate(y, one_hot_probs(pred, 2), ["N", "S"], records, n_boot=4000)
+    s = ev.summary
+    assert s["accuracy"] == pytest.approx(accuracies.mean())
+    z_low = (s["accuracy"] - s["accuracy_ci_low"]) / sd
+    z_high = (s["accuracy_ci_high"] - s["accuracy"]) / sd
+    assert z_low == pytest.approx(1.96, abs=0.15) and z_high == pytest.approx(1.96, abs=0.15)
+    per_record = metrics.record_confusions(y, pred, np.repeat(np.arange(100), 100), 100, 2)
+    low, high = metrics.bootstrap_intervals(per_record, n_boot=4000)["accuracy"]
+    assert (accuracies.mean() - low) / sd == pytest.approx(1.96, abs=0.15)
+    assert (high - accuracies.mean()) / sd == pytest.approx(1.96, abs=0.15)
+    narrow = metrics.bootstrap_intervals(per_record, n_boot=4000, alpha=0.1)["accuracy"]
+    assert (accuracies.mean() - narrow[0]) / sd == pytest.approx(1.645, abs=0.15)
+
+
+def test_undefined_f1_is_nan_and_left_out_of_both_macro_averages():
+    """A class that never occurs and is never predicted has F1 0/0: NaN, not 0, and both
+    macro averages skip it; counting it as 0 would pull 5-class and N/S/V/F macro-F1 down.
+
+    Confusion (rows true N S V F Q, columns predicted): N [3 1 0 0 0], S [1 1 0 0 0],
+    V [0 0 2 0 0], F empty, Q [0 0 1 0 0]. F1 = 2TP/(2TP+FP+FN): N 6/8, S 2/4, V 4/5, F NaN,
+    Q 0 (one beat, missed: defined and 0).
+    """
+    y_true = np.array([0, 0, 0, 0, 1, 1, 2, 2, 4])
+    y_pred = np.array([0, 0, 0, 1, 1, 0, 2, 2, 2])
+    names = ["N", "S", "V", "F", "Q"]
+    ev = metrics.evaluate(y_true, one_hot_probs(y_pred, 5), names, np.full(9, "a"), n_boot=0)
+    np.testing.assert_allclose(ev.per_class.f1, [0.75, 0.5, 0.8, NAN, 0.0])
+    assert ev.summary["macro_f1"] == pytest.approx((0.75 + 0.5 + 0.8 + 0.0) / 4)
+    assert ev.summary["macro_f1_nsvf"] == pytest.approx((0.75 + 0.5 + 0.8) / 3)
+    assert ev.summary["balanced_accuracy"] == pytest.approx((0.75 + 0.5 + 1.0 + 0.0) / 4)

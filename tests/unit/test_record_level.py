@@ -4,6 +4,7 @@ end to end on synthetic records with a REFERENCE.csv (segment, spectrogram, trai
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from data_prep import segment, spectrogram
+from data_prep.beats.windows import SegmentParams
 from pipeline import evaluate, train
 from pipeline.evaluation import record_level, report_folder
 from tests.helpers import REPO, committed_params
@@ -37,6 +39,29 @@ def test_mean_of_window_probabilities_by_hand() -> None:
     assert got["mean_f1"] == pytest.approx(2 / 3) and got["accuracy"] == pytest.approx(2 / 3)
     assert got["n_records"] == 3 and got["mixed_label_records"] == 1
     assert got["mean_f1_classes"] == ["N", "AF"]
+
+
+def test_record_takes_the_mean_probability_not_the_majority_vote() -> None:
+    """Two weak windows outvote one confident window under a vote, but not under the mean:
+    a: N 0.55, 0.55, 0.05 (vote N, mean AF 0.617); b: N 0.4, 0.4, 0.98 (vote AF, mean N 0.593).
+    Either way a vote breaks its ties, it predicts the opposite class for both records."""
+    windows = pd.DataFrame({
+        "record": ["a", "a", "a", "b", "b", "b"],
+        "label": ["AF", "AF", "AF", "N", "N", "N"],
+        "prob_N": [0.55, 0.55, 0.05, 0.4, 0.4, 0.98],
+        "prob_AF": [0.45, 0.45, 0.95, 0.6, 0.6, 0.02]})
+    records = record_level.aggregate(windows, ["N", "AF"])
+    assert records["prob_AF"].tolist() == pytest.approx([1.85 / 3, 1.22 / 3])
+    assert records["pred"].tolist() == ["AF", "N"]
+    got = record_level.scores(records, ["N", "AF"])
+    assert got["accuracy"] == 1.0 and got["mean_f1"] == 1.0
+
+
+def test_every_windowed_label_mode_is_scored_per_record() -> None:
+    """Rhythm and record windows both get record-level results (evaluate, cross_evaluate and
+    predict branch on RECORD_LABEL_MODES); beat mode, one window per beat, does not."""
+    modes = set(typing.get_args(SegmentParams.model_fields["label_mode"].annotation))
+    assert set(record_level.RECORD_LABEL_MODES) == modes - {"beat"} == {"record", "rhythm"}
 
 
 REFERENCE = {"t1": ("N", "train"), "t2": ("A", "train"), "t3": ("O", "train"),

@@ -13,7 +13,8 @@ import yaml
 
 from data_prep import layout, segment
 from data_prep.beats import context, morphology, rhythm
-from data_prep.beats.windows import signal_quality
+from data_prep.beats.candidates import rhythm_segments
+from data_prep.beats.windows import cut_beats, signal_quality
 from data_prep.params import read_yaml
 from data_prep.records.configs import load_label_map
 from tests.helpers import REPO, committed_params, write_committed_params
@@ -99,6 +100,32 @@ def test_beat_labels_edges_and_unknown_symbols(tmp_path: Path) -> None:
     assert res.segments.unknown == {"B": 1}
 
 
+def test_beat_windows_are_exact_sample_ranges_inside_the_record(tmp_path: Path) -> None:
+    """At 250 Hz (no resampling) a beat at sample b gets the window [b - 313, b + 312) of the
+    conditioned lead, in the stage and in predict (`cut_beats`). The lead is noise, so every
+    slice is unique: a window shifted by one sample, or centred on length // 2 = 312, differs.
+    Edges: beats 313 and 4688 give windows [0, 625) and [4375, 5000), the first and last that
+    fit 5000 samples; 312 and 4689 would leave the record by one sample and are skipped. A NaN
+    at 2311, the last sample of beat 2000's window, drops that window."""
+    n, beats = 5000, np.array([312, 313, 1000, 2000, 4688, 4689])
+    x = np.random.default_rng(0).normal(0.0, 0.5, n)
+    x[2311] = np.nan
+    raw = make_db(tmp_path, {"r1": {"fs": 250, "seconds": n / 250, "sig_names": ("MLII",),
+                                    "beats": beats, "signal": x[:, None]}})
+    params = make_params()
+    lead = segment.wfdb_io.read_signal(raw / "synth", "r1", 0)
+    y, _ = segment.signals.condition(lead, 250, 250, params.bandpass_hz, params.filter_order)
+    expected = np.stack([y[0:625], y[687:1312], y[4375:5000]])
+    res = segment.process_record(ctx(raw, params, tmp_path / "out"), "r1")
+    assert res.skip is None and res.index["sample"].tolist() == [313, 1000, 4688]
+    assert res.segments.skipped == {"record_edge": 2, "nan_samples": 1}
+    np.testing.assert_array_equal(layout.load_shard(tmp_path / "out", "r1"), expected)
+    windows, centre, status = cut_beats(lead, 250, beats, params)
+    assert centre.tolist() == beats.tolist()
+    assert status.tolist() == ["record_edge", "", "", "nan_samples", "", "record_edge"]
+    np.testing.assert_array_equal(windows, expected)
+
+
 def test_rhythm_windows_follow_episodes(tmp_path: Path) -> None:
     fs = 250
     rhythm = [(125, "(N\x00"), (25 * fs, "(AFIB\x00"), (28 * fs, "(AFIB"), (45 * fs, "(XYZ")]
@@ -111,6 +138,21 @@ def test_rhythm_windows_follow_episodes(tmp_path: Path) -> None:
                                     "unknown_rhythm": 1}
     assert res.segments.unknown == {"(XYZ": 1}
     assert layout.load_shard(tmp_path / "out", "r1").shape == (2, 2500)
+
+
+def test_rhythm_window_label_covers_its_first_to_last_sample() -> None:
+    """10 s windows at 250 Hz are [0, 2500), [2500, 5000), ...; a window keeps a label only
+    when no episode starts inside it after its first sample. AFIB from 5000 starts exactly
+    where window 2 starts (window 1 stays N, window 2 is AF); N again from 9999, the last
+    sample of window 3 [7500, 10000), makes window 3 a rhythm change."""
+    ann = segment.wfdb_io.Annotations(
+        sample=np.array([0, 5000, 9999]), symbol=np.array(["+", "+", "+"]),
+        aux_note=np.array(["(N", "(AFIB", "(N"]))
+    params = make_params(label_mode="rhythm", label_map=RHYTHM)
+    seg = rhythm_segments(ann, 250, 15000, params, load_label_map(Path(RHYTHM)))
+    assert seg.start.tolist() == [0, 2500, 5000, 10000, 12500]
+    assert seg.label.tolist() == ["N", "N", "AF", "N", "N"]
+    assert seg.skipped == {"rhythm_change": 1}
 
 
 @pytest.mark.parametrize("header", [True, False])
