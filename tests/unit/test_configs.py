@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import yaml
 from wfdb.io.annotation import ann_label_table
 
 from data_prep import layout, segment, split
+from data_prep.beats.candidates import Segments
 from data_prep.params import DatasetParams, parse_section
 from data_prep.records.configs import DatabaseConfig, load_database, load_label_map
 from tests.helpers import REPO, committed_params
@@ -58,6 +60,28 @@ def test_aami_map_covers_every_wfdb_annotation_code() -> None:
     assert {aami.map[s] for s in "BnrF?"} == {"N", "V", "F", "Q"}
     assert [aami.map[s] for s in "Bnr?"] == ["N", "N", "V", "Q"]
     assert "x" in aami.ignore and "!" in aami.ignore  # no QRS / flutter wave: not beats
+
+
+AAMI = {"N": "NLRej", "S": "AaJS", "V": "VE", "F": "F", "Q": "/fQ"}  # DESIGN.md section 3
+NON_BEATS = ["+", "~", "|", '"', "!", "[", "]", "x"]
+
+
+def test_aami_map_gives_every_ec57_symbol_its_class_and_drops_non_beats() -> None:
+    """Every symbol EC57 names keeps its class through the loader and the segment stage's
+    labelling (escape beats e and j are N, not S; E is V), and rhythm, quality and flutter marks
+    are dropped as non-beats rather than labelled or counted as unknown."""
+    aami = load_label_map(LABELS / "aami.yaml")
+    assert aami.classes == ["N", "S", "V", "F", "Q"]
+    expected = {symbol: c for c, symbols in AAMI.items() for symbol in symbols}
+    assert len(expected) == 15
+    assert {s: aami.map.get(s) for s in expected} == expected
+    assert not set(NON_BEATS) & set(aami.map) and set(NON_BEATS) <= set(aami.ignore)
+    symbols = np.array([*expected, *NON_BEATS])
+    candidates = Segments(np.arange(symbols.size), np.arange(symbols.size), symbols)
+    candidates.apply_map(aami, "unknown_symbol")
+    assert dict(zip(candidates.symbol, candidates.label, strict=True)) == expected
+    assert candidates.non_beat == Counter(NON_BEATS)
+    assert not candidates.unknown and not candidates.skipped
 
 
 def test_challenge_map_and_every_shipped_map_parse() -> None:

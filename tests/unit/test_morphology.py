@@ -99,3 +99,44 @@ def test_context_lists_rhythm_then_morphology_in_beat_mode_only():
     assert context.names(windows) == list(context.rhythm.WINDOW_FEATURES)
     assert context.shape_features(windows, np.zeros((3, 2500), np.float32)).shape == (3, 0)
     assert context.describe(beat)["morphology"]["features"] == list(FEATURES)
+
+
+def _one_minus_r(n: int, sum_t: float, sum_b: float, sum_tt: float, sum_bb: float,
+                 sum_tb: float) -> float:
+    """1 - Pearson r from sums tallied by hand over n samples (t: template, b: beat)."""
+    cov = sum_tb - sum_t * sum_b / n
+    return 1 - cov / np.sqrt((sum_tt - sum_t**2 / n) * (sum_bb - sum_b**2 / n))
+
+
+def test_each_feature_measures_its_own_region_against_hand_computed_values():
+    """At 100 Hz with the beat at sample 25 of 65 the regions are samples [15, 35) (QRS),
+    [0, 65) (beat), [0, 17) (P) and [35, 65) (ST-T). The template (the median of four copies and
+    the odd beat) is zero but for a P spike 0.2 at 5, a QRS triangle 0.5, 1, 0.5 at 24-26 and a T
+    spike 0.3 at 45, all at a gain of 2 that the unitless values must not see. The odd beat
+    inverts the P spike, sharpens the QRS to a single 2.5 at 25 and adds a second T spike 0.3 at
+    58, so every feature has its own value: a feature that reads another's region, another's
+    column, or a region with a bound of the wrong sign (the P region reaching into the QRS, the
+    ST-T region starting before it) is off."""
+    fs, offset, length = 100, 25, 65
+    tpl = np.zeros(length)
+    tpl[5], tpl[24:27], tpl[45] = 0.2, (0.5, 1.0, 0.5), 0.3
+    odd = np.zeros(length)
+    odd[5], odd[25], odd[45], odd[58] = -0.2, 2.5, 0.3, 0.3
+    feats = morphology.beat_features(2 * np.stack([tpl] * 4 + [odd]), offset, fs, PARAMS)
+    expected = {
+        "qrs_dissimilarity": _one_minus_r(20, 2.0, 2.5, 1.5, 6.25, 2.5),
+        "beat_dissimilarity": _one_minus_r(65, 2.5, 2.9, 1.63, 6.47, 2.55),
+        "p_dissimilarity": 2.0,  # r = -1
+        "t_dissimilarity": _one_minus_r(30, 0.3, 0.6, 0.09, 0.18, 0.09),
+        "qrs_amplitude_ratio": 2.5 / 1.0,
+        "qrs_energy_ratio": 2.5**2 / 1.5,
+        "qrs_slope_ratio": 2.5 / 0.5,
+        "qrs_difference": np.sqrt((0.5**2 + 1.5**2 + 0.5**2) / 20) / 1.0,
+        "beat_difference": np.sqrt((0.5**2 + 1.5**2 + 0.5**2 + 0.4**2 + 0.3**2) / 65) / 1.0,
+    }
+    assert tuple(expected) == FEATURES  # the documented column order
+    np.testing.assert_allclose(feats[-1], list(expected.values()), rtol=1e-5)
+    assert len({round(v, 4) for v in expected.values()}) == len(FEATURES)
+    ratios = [COL[f] for f in ("qrs_amplitude_ratio", "qrs_energy_ratio", "qrs_slope_ratio")]
+    np.testing.assert_allclose(feats[:4, ratios], 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(np.delete(feats[:4], ratios, axis=1), np.float32(FLOOR))

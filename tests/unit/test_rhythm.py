@@ -104,3 +104,40 @@ def test_window_without_beats_is_marked():
     x, status = rhythm.window_features(times, np.array([0.0, 100.0]), 4.0, PARAMS)
     assert status[0] == "" and status[1] == rhythm.FEW_BEATS
     assert x[1, WCOL["rr_mean"]] == pytest.approx(0.8) and x[1, WCOL["rr_beats_per_s"]] == 0
+
+
+def test_every_feature_of_a_hand_made_train():
+    """Intervals 1.5, 1.25 x 3, 0.5, 1.5, 0.75, 2.75 s (beats at 0, 1.5, 2.75, 4, 5.25, 5.75,
+    7.25, 8, 10.75 s); local: 3 intervals, baseline: intervals whose midpoint is within 3.625 s.
+    Beat 5 (5.75 s, premature) has rr_pre 0.5, rr_post 1.5, rr_local 1.25 (intervals 1-3) and a
+    baseline over intervals 1-7 whose midpoints 2.125 and 9.375 lie exactly on its bounds
+    (9.25 / 7 s), so pre, post, local and baseline, and each ratio, differ. Beat 1 has no
+    interval before its rr_pre: its local is its baseline over intervals 0-3 (5.25 / 4 s), not
+    the record's mean (10.75 / 8 s)."""
+    params = PARAMS.model_copy(update={"local_beats": 3, "baseline_s": 3.625})
+    times = np.r_[0.0, np.cumsum([1.5, 1.25, 1.25, 1.25, 0.5, 1.5, 0.75, 2.75])]
+    x, status = rhythm.beat_features(times, params)
+    base = 9.25 / 7
+    expected = {"rr_pre": 0.5, "rr_post": 1.5, "rr_local": 1.25, "rr_base": base,
+                "rr_pre_ratio": 0.5 / base, "rr_post_ratio": 1.5 / base,
+                "rr_local_ratio": 1.25 / base, "rr_pre_local": 0.5 / 1.25}
+    assert tuple(expected) == BEAT_FEATURES  # the documented column order
+    np.testing.assert_allclose(x[5], list(expected.values()), rtol=1e-6)
+    base = 5.25 / 4
+    np.testing.assert_allclose(x[1], [1.5, 1.25, base, base, 1.5 / base, 1.25 / base, 1.0,
+                                      1.5 / base], rtol=1e-6)
+    assert (status[1:-1] == "").all()
+
+
+def test_a_gap_falls_back_to_the_local_rhythm_not_the_baseline():
+    """Intervals 1, 1, 1, 0.5, 0.5, then a 5 s gap, then 1, 1 s (baseline: all valid, 6 / 7 s).
+    Beat 5, before the gap, has no rr_post: it takes its local mean of intervals 1-3 (2.5 / 3 s);
+    beat 6, after it, has no rr_pre: it takes its local mean of intervals 2-4 (2 / 3 s)."""
+    times = np.r_[0.0, np.cumsum([1.0, 1.0, 1.0, 0.5, 0.5, 5.0, 1.0, 1.0])]
+    x, status = rhythm.beat_features(times, PARAMS.model_copy(update={"local_beats": 3}))
+    assert status[5] == status[6] == rhythm.GAP
+    np.testing.assert_allclose(x[5, [COL["rr_pre"], COL["rr_post"], COL["rr_local"]]],
+                               [0.5, 2.5 / 3, 2.5 / 3], rtol=1e-6)
+    np.testing.assert_allclose(x[6, [COL["rr_pre"], COL["rr_post"], COL["rr_local"]]],
+                               [2 / 3, 1.0, 2 / 3], rtol=1e-6)
+    np.testing.assert_allclose(x[5:7, COL["rr_base"]], 6 / 7, rtol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -29,8 +30,9 @@ def counts_for(record: str) -> dict[str, int]:
             "F": 5 if record in ("105", "300") else 0}
 
 
-def make_segments(folder: Path, records: list[str], classes: list[str] = CLASSES) -> pd.DataFrame:
-    rows = [(r, label) for r in records for label, n in counts_for(r).items() for _ in range(n)]
+def make_segments(folder: Path, records: list[str], classes: list[str] = CLASSES,
+                  counts: Callable[[str], dict[str, int]] = counts_for) -> pd.DataFrame:
+    rows = [(r, label) for r in records for label, n in counts(r).items() for _ in range(n)]
     index = pd.DataFrame(rows, columns=["record", "label"])
     index.insert(1, "row", index.groupby("record").cumcount())
     index.insert(2, "sample", index.row * 300)
@@ -274,3 +276,112 @@ def test_repo_params_and_mitdb_config_parse() -> None:
     assert set(published.test) - set(strict.test) == {"202"}
     assert config.subjects["201"] == config.subjects["202"]
     assert set(config.exclude) == {"102", "104", "107", "217"}
+
+
+# Patients of two or three records with differing class mixes. s3 and s4 also have a record in
+# the definition's test list (locked: they train, never validate); s10 and s11 are test-only.
+# Among the free subjects S lives in four (s1 s5 s7 s9), V in six, F in three (s2 s7 s9): three
+# folds can each validate N, S, V and F, but a fold that happens to hold two F patients cannot.
+FAMILY = {
+    "500": ("s1", "trainval", {"N": 40, "S": 6}),
+    "501": ("s1", "trainval", {"N": 30, "V": 5}),
+    "510": ("s2", "trainval", {"N": 50, "V": 4}),
+    "511": ("s2", "trainval", {"N": 20}),
+    "512": ("s2", "trainval", {"N": 25, "F": 3}),
+    "520": ("s3", "trainval", {"N": 45, "S": 8, "F": 2}),
+    "521": ("s3", "test", {"N": 40, "S": 3}),
+    "530": ("s4", "trainval", {"N": 35, "V": 9}),
+    "531": ("s4", "trainval", {"N": 30, "F": 4}),
+    "532": ("s4", "test", {"N": 50}),
+    "540": ("s5", "trainval", {"N": 60, "S": 2}),
+    "541": ("s5", "trainval", {"N": 20, "V": 3}),
+    "550": ("s6", "trainval", {"N": 55, "V": 6}),
+    "560": ("s7", "trainval", {"N": 40, "S": 4}),
+    "561": ("s7", "trainval", {"N": 30, "F": 2}),
+    "570": ("s8", "trainval", {"N": 45, "V": 2}),
+    "580": ("s9", "trainval", {"N": 35, "F": 5}),
+    "581": ("s9", "trainval", {"N": 25, "S": 3, "V": 2}),
+    "600": ("s10", "test", {"N": 50, "S": 5}),
+    "601": ("s10", "test", {"N": 40, "V": 5}),
+    "610": ("s11", "test", {"N": 60, "F": 1}),
+}
+LOCKED = {"s3", "s4"}
+FAMILY_FOLDS = 3
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("family")
+    make_segments(root / "segments", list(FAMILY), counts=lambda r: FAMILY[r][2])
+    side = {s: [r for r, (_, where, _) in FAMILY.items() if where == s]
+            for s in ("trainval", "test")}
+    config = {"name": DB, "subjects": {r: subject for r, (subject, _, _) in FAMILY.items()},
+              "splits": {"ds": {**side, "shared_subjects_allowed": dict.fromkeys(
+                  sorted(LOCKED), "a record on each side")}}}
+    (root / "configs").mkdir()
+    (root / "configs" / f"{DB}.yaml").write_text(yaml.safe_dump(config))
+    return {"segments": root / "segments", "configs": root / "configs"}
+
+
+def check_folds_follow_patients(frame: pd.DataFrame, locked: set[str]) -> None:
+    """Folds are sets of whole patients: one fold per subject, -1 for test and locked subjects,
+    every fold non-empty, validation (fold 0) exactly the fold-0 records, and no fold's
+    validation patient among the patients it trains on."""
+    frame = frame.assign(fold=frame.fold.astype(int))
+    assert (frame.groupby("subject").fold.nunique() == 1).all(), frame.sort_values("subject")
+    assert (frame.groupby("subject").split.nunique()[sorted(set(frame.subject) - locked)]
+            == 1).all()
+    if locked:
+        assert set(frame.fold[frame.subject.isin(locked)]) == {-1}
+        assert set(frame.split[frame.subject.isin(locked)]) == {"train", "test"}
+    assert set(frame.fold[frame.split == "test"]) == {-1}
+    trainval = frame[frame.split != "test"]
+    assert set(trainval.fold) - {-1} == set(range(FAMILY_FOLDS))
+    assert set(trainval.record[trainval.fold == 0]) == set(frame.record[frame.split == "val"])
+    for f in range(FAMILY_FOLDS):
+        held = set(trainval.subject[trainval.fold == f])
+        assert held and not held & set(trainval.subject[trainval.fold != f])
+        assert not held & (locked | set(frame.subject[frame.split == "test"]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_folds_keep_multi_record_patients_whole_and_locked_ones_out(family, tmp_path,
+                                                                     seed) -> None:
+    summary = split_({**family, "out": tmp_path}, seed=seed, folds=FAMILY_FOLDS)
+    frame = assignment({"out": tmp_path})
+    assert dict(zip(frame.record, frame.subject, strict=True)) == {
+        r: subject for r, (subject, _, _) in FAMILY.items()}
+    assert records_of(frame, "test") == {r for r, v in FAMILY.items() if v[1] == "test"}
+    check_folds_follow_patients(frame, LOCKED)
+    # each of the three folds can hold N, S, V and F in its validation, so each must
+    for fold in summary["folds"].values():
+        assert all(fold["counts"][c] > 0 for c in ("N", "S", "V", "F")), summary["folds"]
+    assert summary["leakage"]["shared_subjects"] == sorted(LOCKED)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_split_keeps_multi_record_patients_whole(family, tmp_path, seed) -> None:
+    split_({**family, "out": tmp_path}, "random", seed=seed, folds=FAMILY_FOLDS, test=0.25)
+    frame = assignment({"out": tmp_path})
+    check_folds_follow_patients(frame, set())
+    assert (frame.groupby("subject").split.nunique() == 1).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_assign_folds_groups_by_subject_and_leaves_locked_subjects_out(family, seed) -> None:
+    index = pd.read_csv(family["segments"] / "index.csv", dtype={"record": str})
+    index = index[index.record.map(lambda r: FAMILY[r][1] == "trainval")]
+    subjects = index.record.map(lambda r: FAMILY[r][0])
+    fold_of = folds.assign_folds(index.label, subjects, FAMILY_FOLDS, seed,
+                                 ["N", "S", "V", "F"], frozenset(LOCKED))
+    assert set(fold_of) == set(subjects)
+    assert {s for s, f in fold_of.items() if f == -1} == LOCKED
+    assert set(fold_of.values()) == {-1, *range(FAMILY_FOLDS)}
+    fold = subjects.map(fold_of)
+    for f in range(FAMILY_FOLDS):
+        assert set(index.label[fold == f]) == {"N", "S", "V", "F"}
+    # fold 0, the single validation fold, leaves every class on the training side
+    assert set(index.label[fold != 0]) == {"N", "S", "V", "F"}
+    # a locked subject is never held out of training, however its mix compares
+    held = folds.holdout_subjects(index.label, subjects, 0.3, seed, frozenset(LOCKED))
+    assert held and not held & LOCKED and held < set(subjects)
