@@ -26,7 +26,7 @@ QUICK := $(CPU_SMALL) -S train.max_per_class.train=1000 -S train.max_per_class.v
 FULL_NAME ?= cpu-full
 FULL := $(CPU_SMALL) -S train.batch_size=256 $(FULL_EXTRA)
 
-.PHONY: setup repro quick cpu-full ablation image-kinds profile test lint bench
+.PHONY: setup repro quick cpu-full ablation image-kinds profile test lint bench mutation
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,3 +72,9 @@ bench: $(STAMP)
 	python -m bench.bench_spectrogram
 	python -m bench.bench_feature_cache
 	python -m bench.bench_memory_format
+
+# Mutation score of the cores that decide results, each against its own unit tests
+# (bench/mutation.py; not in CI). CORE="rhythm fusion" runs some cores only.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[mutation]'
+	python -m bench.mutation $(if $(CORE),--core $(CORE))

@@ -57,6 +57,21 @@ def test_record_takes_the_mean_probability_not_the_majority_vote() -> None:
     assert got["accuracy"] == 1.0 and got["mean_f1"] == 1.0
 
 
+def test_records_keep_their_order_of_first_appearance_and_columns() -> None:
+    """Records come out as they first appear (a folder's order, not sorted), and the table's
+    columns lead with record and n_windows, as predict's records.csv documents them."""
+    windows = pd.DataFrame({"record": ["b", "a", "b"], "prob_X": [0.9, 0.2, 0.7],
+                            "prob_Y": [0.1, 0.8, 0.3]})
+    table = record_level.aggregate(windows, ["X", "Y"])
+    assert table["record"].tolist() == ["b", "a"] and table["n_windows"].tolist() == [2, 1]
+    assert table.columns.tolist() == ["record", "n_windows", "prob_X", "prob_Y", "pred"]
+
+
+def test_no_labelled_record_gives_no_mean_f1() -> None:
+    records = pd.DataFrame({"record": ["a"], "pred": ["X"], "label": [None]})
+    assert record_level.scores(records, ["X", "Y"])["mean_f1"] is None
+
+
 def test_every_windowed_label_mode_is_scored_per_record() -> None:
     """Rhythm and record windows both get record-level results (evaluate, cross_evaluate and
     predict branch on RECORD_LABEL_MODES); beat mode, one window per beat, does not."""
