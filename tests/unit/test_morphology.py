@@ -140,3 +140,68 @@ def test_each_feature_measures_its_own_region_against_hand_computed_values():
     ratios = [COL[f] for f in ("qrs_amplitude_ratio", "qrs_energy_ratio", "qrs_slope_ratio")]
     np.testing.assert_allclose(feats[:4, ratios], 1.0, rtol=1e-6)
     np.testing.assert_array_equal(np.delete(feats[:4], ratios, axis=1), np.float32(FLOOR))
+
+
+def test_a_flat_beat_or_region_counts_as_uncorrelated():
+    """At 100 Hz, beat at 25 of 65: the template has +1 / -1 at 24 / 26 and nothing else, so its
+    P and ST-T regions are flat: against them every beat's dissimilarity is 1 (r taken as 0).
+    The odd beat has +-5e-10 there: sqrt(sum a^2 * sum b^2) = sqrt(5e-19 * 2) is exactly TINY,
+    which still counts as flat, so its QRS and whole-beat dissimilarities are 1 too, though its
+    shape is the template's. All windows zero: a flat template, every dissimilarity 1 and every
+    ratio and difference at the floor."""
+    fs, offset, length = 100, 25, 65
+    tpl, odd = np.zeros(length), np.zeros(length)
+    tpl[24], tpl[26] = 1.0, -1.0
+    odd[24], odd[26] = 5e-10, -5e-10
+    feats = morphology.beat_features(np.stack([tpl] * 4 + [odd]), offset, fs, PARAMS)
+    np.testing.assert_allclose(feats[:4], np.tile([FLOOR, FLOOR, 1, 1, 1, 1, 1, FLOOR, FLOOR],
+                                                  (4, 1)), rtol=1e-6)
+    gap = 1 - 5e-10
+    np.testing.assert_allclose(feats[4], [1, 1, 1, 1, FLOOR, FLOOR, FLOOR,
+                                          np.sqrt(2 * gap**2 / 20) / 2,
+                                          np.sqrt(2 * gap**2 / 65) / 2], rtol=1e-6)
+    flat = morphology.beat_features(np.zeros((4, length), np.float32), offset, fs, PARAMS)
+    np.testing.assert_allclose(flat, np.tile([1, 1, 1, 1] + [FLOOR] * 5, (4, 1)), rtol=1e-6)
+
+
+def test_a_single_beat_is_its_own_template_and_no_beat_gives_no_rows():
+    one = morphology.beat_features(_record(normal=1), OFFSET, FS, PARAMS)
+    np.testing.assert_allclose(one, [[FLOOR] * 4 + [1.0] * 3 + [FLOOR] * 2], rtol=1e-6)
+    none = morphology.beat_features(np.zeros((0, LENGTH), np.float32), OFFSET, FS, PARAMS)
+    assert none.shape == (0, len(FEATURES)) and none.dtype == np.float32
+
+
+def test_the_template_takes_at_most_template_beats_rows_first_and_last_included():
+    """Ten windows of constant i^2 (i = 0..9), five samples each: 2 rows are 0 and 9 (median
+    40.5), 1 row is row 0, 1000 rows are all ten (median (16 + 25) / 2)."""
+    windows = (np.arange(10.0) ** 2)[:, None] * np.ones((1, 5))
+    for max_beats, expected in ((2, 40.5), (1, 0.0), (1000, 20.5)):
+        np.testing.assert_array_equal(morphology.template(windows, max_beats),
+                                      np.full(5, expected))
+    np.testing.assert_array_equal(morphology.template(windows[:1], 3), windows[0])
+    with pytest.raises(ValueError, match=r"^a morphology template needs at least one beat "
+                                         r"window$"):
+        morphology.template(np.zeros((0, 5)), 3)
+
+
+def test_a_window_too_short_on_one_side_is_refused_with_the_fix():
+    """At 100 Hz with the beat at 25, 60 samples hold the QRS (15..35) but not the whole beat
+    (0..65)."""
+    message = ("morphology region beat (-0.25..+0.40 s) does not fit a window of 60 samples "
+               "with the beat at 25; widen segment.beat_window_s to at least [0.25, 0.40]")
+    with pytest.raises(ValueError) as error:
+        morphology.beat_features(np.ones((3, 60)), 25, 100, PARAMS)
+    assert str(error.value) == message
+
+
+def test_the_meta_json_description():
+    definition = "data_prep/beats/morphology.py: against the record's median beat, unitless"
+    regions = {"qrs": [-0.10, 0.10], "beat": [-0.25, 0.40], "p": [-0.25, -0.08],
+               "t": [0.10, 0.40]}
+    for mode, features in (("beat", list(FEATURES)), ("rhythm", [])):
+        assert morphology.describe(mode, PARAMS) == {
+            "features": features, "params": {"enabled": True, "template_beats": 1000},
+            "regions_s": regions, "definition": definition}
+    off = MorphologyParams(enabled=False, template_beats=7)
+    assert morphology.describe("beat", off)["features"] == []
+    assert morphology.describe("beat", off)["params"] == {"enabled": False, "template_beats": 7}
