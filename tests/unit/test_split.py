@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -194,9 +196,12 @@ def test_random_definition(tree) -> None:
 
 
 def test_unknown_definition_lists_available(tree) -> None:
-    with pytest.raises(ValueError,
-                       match=r"'nope' unknown; available: \['ds', 'random', 'default'\]"):
+    with pytest.raises(ValueError) as caught:
         split_(tree, "nope")
+    assert str(caught.value) == (
+        "split.definition 'nope' unknown; available: ['ds', 'random', 'default'] (named splits "
+        "live under `splits:` in configs/databases/<db>.yaml). Fix split.definition in "
+        "params.yaml.")
 
 
 def test_record_in_both_lists_raises(tmp_path, tree) -> None:
@@ -385,3 +390,176 @@ def test_assign_folds_groups_by_subject_and_leaves_locked_subjects_out(family, s
     # a locked subject is never held out of training, however its mix compares
     held = folds.holdout_subjects(index.label, subjects, 0.3, seed, frozenset(LOCKED))
     assert held and not held & LOCKED and held < set(subjects)
+
+
+def leak_frame(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame([(r, s, p, 0) for r, s, p in rows],
+                        columns=["record", "subject", "split", "fold"])
+
+
+def test_leakage_message_names_every_leaking_subject_and_its_records() -> None:
+    frame = leak_frame([("r1", "sA", "train"), ("r5", "sC", "train"), ("r3", "sB", "val"),
+                        ("r2", "sA", "test"), ("r4", "sB", "test")])
+    with pytest.raises(ValueError) as caught:
+        split.check_leakage(frame, {})
+    assert str(caught.value) == (
+        "patient leakage: subject sA (r1: train, r2: test); subject sB (r3: val, r4: test) in "
+        "more than one split. Fix the record lists of the split definition, or, only to "
+        "reproduce a published protocol, list the subject under its shared_subjects_allowed "
+        "with the reason.")
+    # allowing only one of the two is not enough: the other is still named
+    with pytest.raises(ValueError, match=r"^patient leakage: subject sB \(r3: val, r4: test\) in"):
+        split.check_leakage(frame, {"sA": "published"})
+    result = split.check_leakage(frame, {"sA": "published", "sB": "same patient", "sC": "x"})
+    assert result == {
+        "checked": True, "patient_disjoint": False, "shared_subjects": ["sA", "sB"],
+        "allowed": {"sA": "published", "sB": "same patient"},
+        "warning": "NOT patient-disjoint: subject sA (r1: train, r2: test); subject sB (r3: val, "
+                   "r4: test) in two splits, allowed by the split definition (see 'allowed')"}
+
+
+def test_summarise_counts_splits_and_folds() -> None:
+    index = pd.DataFrame({"record": ["r1"] * 4 + ["r2"] * 3 + ["r3"] * 3 + ["r4"] + ["r5"] * 4,
+                          "label": list("NNNS") + list("NNV") + list("NSS") + ["N"] + list("VVVV")})
+    frame = pd.DataFrame([("r1", "s1", "train", 1), ("r4", "s2", "train", 2),
+                          ("r2", "s3", "val", 0), ("r3", "s4", "test", -1)],
+                         columns=["record", "subject", "split", "fold"])
+    classes = ["N", "S", "V", "F"]
+    counts = dict.fromkeys(classes, 0)
+    # r5 is in no split (left out): its four V count nowhere
+    assert split.summarise(index, frame, classes) == {
+        "splits": {
+            "train": {"records": ["r1", "r4"], "subjects": ["s1", "s2"],
+                      "counts": {**counts, "N": 4, "S": 1}, "total": 5},
+            "val": {"records": ["r2"], "subjects": ["s3"],
+                    "counts": {**counts, "N": 2, "V": 1}, "total": 3},
+            "test": {"records": ["r3"], "subjects": ["s4"],
+                     "counts": {**counts, "N": 1, "S": 2}, "total": 3}},
+        "trainval_counts": {**counts, "N": 6, "S": 1, "V": 1},
+        "folds": {"0": {"records": ["r2"], "counts": {**counts, "N": 2, "V": 1}},
+                  "1": {"records": ["r1"], "counts": {**counts, "N": 3, "S": 1}},
+                  "2": {"records": ["r4"], "counts": {**counts, "N": 1}}}}
+
+
+def write_params(path: Path, definition: str = "ds", **split_extra) -> Path:
+    section = {"definition": definition, "folds": 3, "val_fold": 0, "require_in_val": ["N"],
+               "test_fraction": 0.25, "seed": 1, **split_extra}
+    path.write_text(yaml.safe_dump({"dataset": {"name": DB}, "split": section}))
+    return path
+
+
+def test_cli_help_describes_the_stage_and_its_options(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as caught:
+        split.main(["--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    assert ("\nStage `split`: assigns every record, whole subjects at a time, to train, val or "
+            "test.\n") in out
+    for option, text in [("--params PARAMS", "params.yaml"),
+                         ("--segments SEGMENTS", "segment stage folder"),
+                         ("--out OUT", "output folder, e.g. data/splits"),
+                         ("--configs CONFIGS", "database configs")]:
+        assert re.search(rf"\n  {option} +{re.escape(text)}\n", out), (option, out)
+
+
+@pytest.mark.parametrize(("given", "missing"), [("--out", "--segments"), ("--segments", "--out")])
+def test_cli_requires_segments_and_out(capsys, tmp_path, given, missing) -> None:
+    with pytest.raises(SystemExit) as caught:
+        split.main([given, str(tmp_path)])
+    assert caught.value.code == 2
+    assert f"error: the following arguments are required: {missing}\n" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("section", "problem"), [("dataset", "name: Field required"),
+                                                  ("split", "folds: Input should be greater")])
+def test_cli_errors_name_the_params_file(tree, tmp_path, section, problem) -> None:
+    params = write_params(tmp_path / "my-params.yaml", folds=1)
+    if section == "dataset":
+        params.write_text(params.read_text().replace(f"name: {DB}", "{}"))
+    with pytest.raises(ValueError) as caught:
+        split.main(["--params", str(params), "--segments", str(tree["segments"]),
+                    "--out", str(tree["out"])])
+    assert str(caught.value).startswith(f"{params} [{section}]: {problem}"), caught.value
+
+
+def test_cli_defaults_read_params_and_configs_from_the_working_folder(tree, tmp_path, capsys,
+                                                                     monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml", "random")  # no configs/databases/toydb.yaml here
+    root = logging.getLogger()
+    handlers, level = root.handlers, root.level
+    root.handlers = []  # main configures logging only where nothing has yet
+    root.setLevel(logging.WARNING)
+    try:
+        split.main(["--segments", str(tree["segments"]), "--out", str(tree["out"])])
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers = handlers
+        root.setLevel(level)
+    summary = json.loads((tree["out"] / "summary.json").read_text())
+    assert summary["definition"] == "random" and summary["seed"] == 1
+    assert summary["warnings"] == [
+        "configs/databases/toydb.yaml not found: EACH RECORD IS TAKEN AS ITS OWN SUBJECT (records "
+        "of one patient can land in two splits unseen), no records are excluded and only "
+        "split.definition 'random' or 'default' works. Copy configs/databases/_template.yaml to "
+        "configs/databases/toydb.yaml and fill it in."]
+    err = capsys.readouterr().err.splitlines()
+    assert f"WARNING data_prep.split: {summary['warnings'][0]}" in err
+    for name in split.SPLITS:
+        part = summary["splits"][name]
+        assert (f"INFO data_prep.split: {name}: {len(part['records'])} records, {part['total']} "
+                f"segments {part['counts']}") in err
+
+
+def holdout(spec: dict[str, dict[str, int]], fraction: float, seed: int) -> set[str]:
+    rows = pd.DataFrame([(s, c) for s, counts in spec.items() for c, n in counts.items()
+                         for _ in range(n)], columns=["subject", "label"])
+    return folds.holdout_subjects(rows.label, rows.subject, fraction, seed)
+
+
+def test_holdout_keeps_the_subject_closest_to_the_whole_mix(caplog) -> None:
+    # a quarter of four subjects: each subject is a fold. The whole is N .7, S .2, V .1 (400).
+    # L1 from the whole: a (no V) .05 + .05 + .1 = .2; b .35; c .15; d .42: c, though a would
+    # win were its missing V not counted.
+    spec = {"a": {"N": 75, "S": 25}, "b": {"N": 100, "S": 3, "V": 17},
+            "c": {"N": 56, "S": 22, "V": 2}, "d": {"N": 49, "S": 30, "V": 21}}
+    with caplog.at_level(logging.WARNING, logger="data_prep.beats.folds"):
+        assert [holdout(spec, 0.25, seed) for seed in range(3)] == [{"c"}] * 3
+    assert caplog.records == []  # every class stays on the kept side
+    # c made far from the whole (.4), b .45, d .4: a, missing V, is closest (.2) and held out
+    spec = {"a": {"N": 75, "S": 25}, "b": {"N": 120, "S": 5, "V": 5},
+            "c": {"N": 40, "S": 30, "V": 10}, "d": {"N": 45, "S": 20, "V": 25}}
+    assert [holdout(spec, 0.25, seed) for seed in range(3)] == [{"a"}] * 3
+
+
+def test_holdout_fraction_sets_the_number_of_folds() -> None:
+    # half of six like subjects: two folds of three (not three of two, nor singletons)
+    spec = {s: {"N": 20, "S": 4} for s in "abcdef"}
+    assert all(len(holdout(spec, 0.5, seed)) == 3 for seed in range(4))
+
+
+def test_holdout_is_seeded_and_breaks_ties_by_the_first_fold() -> None:
+    spec = {f"s{i:02d}": {"N": 20 + i, "S": 2 + i % 3, "V": 1 + i % 4} for i in range(20)}
+    draws = [holdout(spec, 0.25, seed) for seed in (0, 1, 0, 1, 0)]
+    assert draws[0] == draws[2] == draws[4] and draws[1] == draws[3] and draws[0] != draws[1]
+    # four subjects of one mix are all at distance 0: the first fold sklearn yields is kept
+    like = {s: {"N": 20, "S": 4} for s in "abcd"}
+    rows = pd.DataFrame([(s, c) for s, counts in like.items() for c, n in counts.items()
+                         for _ in range(n)], columns=["subject", "label"])
+    for seed in range(4):
+        cv = folds.StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=seed)
+        _, first = next(cv.split(rows, rows.label, rows.subject))
+        assert holdout(like, 0.25, seed) == set(rows.subject.iloc[first])
+
+
+def test_holdout_of_two_subjects_warns_when_a_class_leaves_the_kept_side(caplog) -> None:
+    # a holds every S, b every V: either choice empties a class from the kept side. Whole
+    # N .667, S .167, V .167; held out a: L1 .667, b: .333, so b.
+    spec = {"a": {"N": 10, "S": 10}, "b": {"N": 30, "V": 10}}
+    with caplog.at_level(logging.WARNING, logger="data_prep.beats.folds"):
+        assert holdout(spec, 0.5, 0) == {"b"}
+    assert caplog.messages == ["no fold leaves every class on the kept side; held out ['b']"]
+    with pytest.raises(ValueError, match=r"only 1 subject\(s\) \['a'\] to draw from"):
+        holdout({"a": spec["a"]}, 0.5, 0)
