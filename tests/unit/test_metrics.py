@@ -26,7 +26,9 @@ def one_hot_probs(y_pred: np.ndarray, k: int, top: float = 0.7) -> np.ndarray:
     return probs
 
 
-@pytest.fixture(scope="module")
+# Built per test, not once per module: `make mutation` runs for each mutant only the tests that
+# called the mutated function, and a shared fixture calls it from the first test alone.
+@pytest.fixture
 def hand() -> metrics.Evaluation:
     return metrics.evaluate(Y_TRUE, one_hot_probs(Y_PRED, 4), NAMES, RECORDS, n_boot=200)
 
@@ -213,9 +215,8 @@ def test_headline_aami_and_tiny_support_caveats() -> None:
                         "macro_f1_nsvf_ci_high", "S_se", "S_ppv", "S_f1", "V_se", "V_ppv",
                         "V_f1"}
     assert out["V_se"] == pytest.approx(0.2)
-    notes = metrics.tiny_support_caveats(pd.Series({"N": 500, "S": 29, "V": 30, "F": 2, "Q": 0}))
-    assert [n.split(":")[0] for n in notes] == ["class S", "class F"]
-    assert "only 2 examples" in notes[1]
+    notes = metrics.tiny_support_caveats(pd.Series({"N": 500, "S": 29, "V": 30, "F": 1, "Q": 0}))
+    assert notes == [_caveat("S", 29), _caveat("F", 1)]  # from 1 to 29 examples
 
 
 def test_logged_macro_f1_names_the_classes_it_averages():
@@ -282,3 +283,168 @@ def test_undefined_f1_is_nan_and_left_out_of_both_macro_averages():
     assert ev.summary["macro_f1"] == pytest.approx((0.75 + 0.5 + 0.8 + 0.0) / 4)
     assert ev.summary["macro_f1_nsvf"] == pytest.approx((0.75 + 0.5 + 0.8) / 3)
     assert ev.summary["balanced_accuracy"] == pytest.approx((0.75 + 0.5 + 1.0 + 0.0) / 4)
+
+
+def _caveat(name: str, n: int) -> str:
+    return (f"class {name}: only {n} examples (< 30): its Se, +P, F1 and their intervals rest on "
+            "too few examples to be reliable")
+
+
+HAND_NOTES = ["class F: no segments in y_true; Se, AUC and AP undefined (NaN)",
+              _caveat("N", 4), _caveat("S", 2), _caveat("V", 2)]
+
+
+def test_per_class_table_columns_index_and_integer_counts(hand):
+    pc = hand.per_class
+    assert pc.index.name == "class" and list(pc.index) == NAMES  # per_class.csv's first column
+    np.testing.assert_array_equal(pc.support, [4, 2, 2, 0])  # rows of the confusion matrix
+    np.testing.assert_array_equal(pc.predicted, [5, 2, 0, 1])  # its columns
+    counts = ["support", "predicted", "tp", "fp", "fn", "tn"]
+    assert (pc[counts].dtypes == np.int64).all()  # counts stay integers in metrics.json
+    assert hand.class_names == NAMES
+
+
+def test_summary_keys_log_loss_and_ece_by_hand(hand):
+    s = hand.summary
+    assert set(s) == {*metrics.SUMMARY_STATS, "macro_auc", "ece", "log_loss", "n_segments",
+                      "n_records", *(f"{stat}_ci_{end}" for stat in metrics.SUMMARY_STATS
+                                     for end in ("low", "high"))}
+    # the true class gets 0.7 on the 4 right beats and 0.1 on the 4 wrong ones
+    assert s["log_loss"] == pytest.approx(-(np.log(0.7) + np.log(0.1)) / 2)
+    # one confidence bin (0.7) holding every beat, of accuracy 0.5
+    assert s["ece"] == pytest.approx(0.2)
+    rel = hand.reliability
+    assert len(rel) == 15 and rel["count"].sum() == 8
+    assert rel.loc[rel["count"] > 0, "accuracy"].tolist() == [0.5]
+
+
+def test_pr_curve_points_by_hand(hand):
+    assert set(hand.pr["class"]) == {"N", "S", "V"}  # F has no beats: no curve
+    v = hand.pr[hand.pr["class"] == "V"]  # every V score is 0.1: one threshold
+    np.testing.assert_allclose(v.recall, [1.0, 0.0])
+    np.testing.assert_allclose(v.precision, [0.25, 1.0])
+
+
+def test_report_text_three_digits_and_caveats_at_the_end(hand):
+    report, caveats = hand.report_text.split("\nCaveats:\n")
+    rows = {line.split()[0]: line.split()[1:] for line in report.splitlines() if line.strip()}
+    assert rows["N"] == ["0.600", "0.750", "0.667", "4"]
+    assert rows["F"] == ["0.000", "nan", "0.000", "0"]
+    assert caveats == "".join(f"- {note}\n" for note in HAND_NOTES)
+    assert hand.notes == HAND_NOTES and hand.report_dict["caveats"] == HAND_NOTES
+
+
+def test_metrics_tree_values_are_plain_python(hand):
+    tree = hand.metrics_tree()
+    assert tree["accuracy"] == 0.5 and tree["n_segments"] == 8
+    assert type(tree["N"]["tp"]) is int and type(tree["S"]["se"]) is float
+    flat = metrics.flatten_metrics({"test": tree})
+    assert flat["test_accuracy"] == 0.5 and flat["test_S_se"] == 0.5 and flat["test_N_tp"] == 3
+
+
+def test_nan_to_none_converts_numpy_scalars_and_arrays():
+    out = metrics.nan_to_none({"a": np.array([1, 2]), "b": np.float32("nan"), 3: np.int64(4),
+                               "c": (np.float64(0.5), float("inf"))})
+    assert out == {"a": [1, 2], "b": None, "3": 4, "c": [0.5, None]}
+    assert type(out["a"][0]) is int and type(out["3"]) is int
+    json.dumps(out, allow_nan=False)
+
+
+def test_float32_probabilities_give_the_float64_results():
+    """A float32 softmax can hold exact zeros; metrics must not depend on the dtype (sklearn's
+    log_loss clips at the eps of the dtype it gets, 1e-7 for float32 against 2e-16)."""
+    y = np.array([0, 1, 1, 0, 2, 2])
+    probs = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0.5, 0.5, 0], [0, 0, 1], [0, 0.2, 0.8]])
+    records = np.array(["a", "a", "b", "b", "c", "c"])
+    names = ["N", "S", "V"]
+    probs = probs.astype(np.float32)
+    ev32 = metrics.evaluate(y, probs, names, records, n_boot=0)
+    ev64 = metrics.evaluate(y, probs.astype(np.float64), names, records, n_boot=0)
+    np.testing.assert_equal(ev32.summary, ev64.summary)
+    assert ev64.summary["log_loss"] > 5  # the zero for the true class is clipped near 2e-16
+
+
+def test_one_class_only_has_undefined_auc_and_no_error():
+    ev = metrics.evaluate(np.zeros(4, int), one_hot_probs(np.array([0, 0, 1, 0]), 2),
+                          ["N", "S"], np.array(["a", "a", "b", "b"]), n_boot=0)
+    assert np.isnan(ev.summary["macro_auc"]) and ev.summary["accuracy"] == 0.75
+    assert "class N: the only class in y_true; AUC undefined (NaN)" in ev.notes
+
+
+def test_one_segment_and_one_draw_are_evaluated():
+    ev = metrics.evaluate(np.array([1]), np.array([[0.2, 0.8]]), ["N", "S"], np.array(["a"]),
+                          n_boot=1, n_bins=10)
+    assert ev.summary["accuracy"] == 1.0 and ev.summary["n_segments"] == 1
+    assert ev.summary["accuracy_ci_low"] == ev.summary["accuracy_ci_high"] == 1.0
+    assert len(ev.reliability) == 10 and ev.reliability["count"].tolist()[7] == 1  # (0.7, 0.8]
+
+
+def _uniform_per_record() -> tuple[np.ndarray, np.ndarray]:
+    """The records of `_uniform_skill_records` as confusion matrices, and their accuracies."""
+    y, pred, _, accuracies = _uniform_skill_records()
+    codes = np.repeat(np.arange(len(accuracies)), 100)
+    return metrics.record_confusions(y, pred, codes, len(accuracies), 2), accuracies
+
+
+def test_bootstrap_defaults_are_1000_draws_seed_0_and_seeded():
+    per_record, _ = _uniform_per_record()
+    default = metrics.bootstrap_intervals(per_record)
+    explicit = metrics.bootstrap_intervals(per_record, n_boot=1000, seed=0, alpha=0.05)
+    np.testing.assert_equal(default, explicit)
+    again = metrics.bootstrap_intervals(per_record, n_boot=999, seed=5)["accuracy"]
+    np.testing.assert_array_equal(
+        again, metrics.bootstrap_intervals(per_record, n_boot=999, seed=5)["accuracy"])
+    for other in ({"n_boot": 1001}, {"seed": 1}):  # the bounds do move with either
+        changed = metrics.bootstrap_intervals(per_record, **other)["accuracy"]
+        assert (changed != default["accuracy"]).all()
+
+
+def test_evaluate_defaults_and_seed_reproduce_the_intervals():
+    y, probs, records = synthetic(8, beats=40)
+    names = ["N", "S", "V"]
+    default = metrics.evaluate(y, probs, names, records)
+    explicit = metrics.evaluate(y, probs, names, records, n_boot=1000, seed=0, n_bins=15)
+    np.testing.assert_equal(default.summary, explicit.summary)
+    assert len(default.reliability) == 15
+    pd.testing.assert_frame_equal(default.per_class, explicit.per_class)
+    other = metrics.evaluate(y, probs, names, records, seed=1)
+    for bound in ("accuracy_ci_low", "accuracy_ci_high"):  # another seed, other draws
+        assert other.summary[bound] != default.summary[bound]
+
+
+def test_interval_of_alpha_one_is_the_bootstrap_median():
+    """alpha = 1 (a 0 % interval): both bounds are the 50th percentile of the draws."""
+    per_record, accuracies = _uniform_per_record()
+    low, high = metrics.bootstrap_intervals(per_record, n_boot=1000, alpha=1.0)["accuracy"]
+    assert low == high
+    sd = accuracies.std() / np.sqrt(len(accuracies))
+    assert abs(low - accuracies.mean()) < 0.2 * sd
+
+
+_PROBS_MESSAGE = r"^probs must be in \[0, 1\] with rows summing to 1; pass softmax outputs$"
+
+
+@pytest.mark.parametrize(("y_true", "probs", "records", "message"), [
+    (Y_TRUE, one_hot_probs(Y_PRED, 4)[:7], RECORDS,
+     r"^lengths differ: y_true 8, probs 7, records 8$"),
+    (Y_TRUE[:0], np.zeros((0, 4)), RECORDS[:0],
+     r"^no segments to evaluate; check the split's test records$"),
+    (np.where(Y_TRUE == 2, 4, Y_TRUE), one_hot_probs(Y_PRED, 4), RECORDS,
+     r"^y_true must hold class indices 0\.\.3$"),
+    (np.where(Y_TRUE == 2, -1, Y_TRUE), one_hot_probs(Y_PRED, 4), RECORDS,
+     r"^y_true must hold class indices 0\.\.3$"),
+    (Y_TRUE.astype(float), one_hot_probs(Y_PRED, 4), RECORDS,
+     r"^y_true must hold class indices 0\.\.3$"),
+    (Y_TRUE, np.where(np.arange(4) == 0, np.nan, one_hot_probs(Y_PRED, 4)), RECORDS,
+     _PROBS_MESSAGE),
+    (Y_TRUE, one_hot_probs(Y_PRED, 4) + np.array([-0.2, 0.2, 0, 0]), RECORDS, _PROBS_MESSAGE),
+    (Y_TRUE, one_hot_probs(Y_PRED, 4) + np.array([0.01, 0, 0, 0]), RECORDS, _PROBS_MESSAGE),
+])
+def test_bad_inputs_are_named_exactly(y_true, probs, records, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.evaluate(y_true, probs, NAMES, records, n_boot=0)
+
+
+def test_rows_summing_to_one_within_1e_3_are_accepted():
+    probs = one_hot_probs(Y_PRED, 4) + np.array([5e-4, 0, 0, 0])
+    assert metrics.evaluate(Y_TRUE, probs, NAMES, RECORDS, n_boot=0).summary["accuracy"] == 0.5

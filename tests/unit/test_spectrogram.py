@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,15 @@ from PIL import Image
 from scipy import ndimage
 
 from data_prep import layout
-from data_prep.images.stft import SpectrogramParams, _resize, plan, spectrogram_images
+from data_prep.images.stft import (
+    ImageParams,
+    SpectrogramParams,
+    _resize,
+    image_meta,
+    iter_images,
+    plan,
+    spectrogram_images,
+)
 from data_prep.params import parse_section
 from data_prep.spectrogram import main, run
 from tests.helpers import committed_params
@@ -159,6 +169,141 @@ def test_band_errors_name_the_fix():
         plan(params(fmax_hz=200.0), FS, L)
     with pytest.raises(ValueError, match="nfft"):
         plan(params(fmin_hz=10.0, fmax_hz=10.5), FS, L)
+
+
+def reference_images(x: np.ndarray, p: SpectrogramParams) -> np.ndarray:
+    """The documented formula in float64: |STFT|^2 of the plan's whole frames and band, dB re
+    the image's maximum floored at -dynamic_range_db, 255 * (dB + range) / range, bilinear
+    resize (ndimage.zoom order=1) with low frequencies at the bottom, rounded half up."""
+    q = plan(p, FS, x.shape[1])
+    z = q.sft.stft(x.astype(np.float64), p0=q.first, p1=q.first + q.frames)[:, q.band]
+    power = np.abs(z) ** 2
+    peak = power.max(axis=(1, 2), keepdims=True)
+    db = 10 * np.log10(np.maximum(power, peak * 10 ** (-p.dynamic_range_db / 10)) / peak)
+    level = 255 * (db + p.dynamic_range_db) / p.dynamic_range_db
+    s = p.image_size
+    level = ndimage.zoom(level, (1, s / level.shape[1], s / level.shape[2]), order=1)[:, ::-1]
+    return np.floor(np.clip(level, 0, 255) + 0.5).astype(np.uint8)
+
+
+def beats(n: int, seed: int = 0) -> np.ndarray:
+    """ECG-like windows: a narrow QRS-like bump at different times plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(L) / FS
+    return np.stack([np.exp(-((t - c) / 0.03) ** 2) + 0.02 * rng.standard_normal(L)
+                     for c in np.linspace(0.3, 2.2, n)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("dynamic_range_db", [60.0, 20.0])
+def test_images_follow_the_documented_formula(dynamic_range_db):
+    """float32 arithmetic may move a pixel across a rounding edge (1 in 1e5 here), no more."""
+    p = params(dynamic_range_db=dynamic_range_db)
+    x = beats(10)
+    diff = spectrogram_images(x, FS, p).astype(int) - reference_images(x, p)
+    assert np.abs(diff).max() <= 1 and np.count_nonzero(diff) <= 1e-4 * diff.size
+
+
+def test_images_do_not_depend_on_scale_or_float_dtype():
+    """Each image is referenced to its own maximum: a quiet segment (peak power far below 1)
+    gives the image of a loud one; float64 segments give the images of their float32 copy."""
+    x = np.random.default_rng(4).standard_normal((3, L)).astype(np.float32)
+    base = spectrogram_images(x, FS, params())
+    for scale in (2.0 ** -30, 2.0 ** -10, 2.0 ** 10):
+        diff = spectrogram_images(x * np.float32(scale), FS, params()).astype(int) - base
+        assert np.abs(diff).max() <= 1 and np.count_nonzero(diff) <= 10
+    x64 = np.random.default_rng(1).standard_normal((60, L))
+    assert np.array_equal(spectrogram_images(x64, FS, params()),
+                          spectrogram_images(x64.astype(np.float32), FS, params()))
+
+
+def test_silent_segment_is_black_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no log10(0), no NaN cast to uint8
+        image = spectrogram_images(np.zeros((2, L), np.float32), FS, params())
+    assert image.max() == 0
+
+
+def test_click_at_the_last_sample_is_the_image_maximum():
+    """Frames sticking out of the segment are not computed: they would see the click at their
+    centre, set the image maximum and leave the kept frames dark."""
+    x = np.zeros((1, L), np.float32)
+    x[0, -1] = 1.0
+    image = spectrogram_images(x, FS, params())[0]
+    assert image[:, -1].min() == 255  # the last kept frame: the brightest, broadband
+
+
+def test_iter_images_yields_uint8_chunks_of_the_images():
+    x = beats(5)
+    chunks = list(iter_images(x, FS, params(), chunk_size=2))
+    assert [c.shape for c in chunks] == [(2, 224, 224), (2, 224, 224), (1, 224, 224)]
+    assert all(c.dtype == np.uint8 for c in chunks)
+    assert np.array_equal(np.concatenate(chunks), spectrogram_images(x, FS, params()))
+    with pytest.raises(ValueError, match=r"^expected segments of shape \(n, L\), got \(625,\)$"):
+        next(iter_images(x[0], FS, params()))
+
+
+def test_span_keeps_the_given_slices():
+    """Slice p is centred on sample p * hop (hop 3; first whole frame: slice 5, window samples
+    -1..30 with a zero first tap): slices 20..119 are the whole frames of samples 45..372."""
+    p = params()
+    x = np.random.default_rng(4).standard_normal((3, L)).astype(np.float32)
+    kept = spectrogram_images(x[:, 45:373], FS, p)
+    assert np.array_equal(spectrogram_images(x, FS, p, span=(20, 120)), kept)
+    assert np.array_equal(np.concatenate(list(iter_images(x, FS, p, span=(20, 120)))), kept)
+    meta = image_meta(p, FS, L, span=(20, 120))
+    assert meta["stft"]["frames"] == 100
+    assert meta["time_s"] == {"first_column": pytest.approx(0.24),
+                              "last_column": pytest.approx(1.428), "frame_hop_s": 0.012}
+
+
+def test_image_meta_pinned():
+    """meta.json's description of grey images, by hand for the test params: 625 samples, hop 3,
+    bins of 250/256 Hz; whole frames are slices 5..203 (centres 0.06 s .. 2.436 s)."""
+    assert image_meta(params(), FS, L) == {
+        "fs": 250.0,
+        "image_size": 224,
+        "window_samples": 625,
+        "stft": {"window": "hann", "nperseg": 32, "noverlap": 29, "hop": 3, "nfft": 256,
+                 "fmin_hz": 0.0, "fmax_hz": 40.0, "frames": 199, "frequency_bins": 41,
+                 "frame_centres": "first_column s, then every hop; whole frames only"},
+        "frequency_hz": {"bottom_row": 0.0, "top_row": 39.0625, "bin_hz": 0.9765625},
+        "time_s": {"first_column": 0.06, "last_column": 2.436, "frame_hop_s": 0.012},
+        "orientation": "low frequency at the bottom row: row 0 = top_row Hz, row 223 = "
+                       "bottom_row Hz; column 0 = first_column s, last column = last_column s; "
+                       "linear axes, bilinear resize",
+        "channels": 1,
+        "channel_note": "grey, one channel; the model side decides replication or in_chans=1",
+        "dtype": "uint8",
+        "value_scale": {"unit": "dB re the image's maximum STFT power",
+                        "dynamic_range_db": 60.0,
+                        "mapping": "uint8 = round(255 * (dB + 60.0) / 60.0) clipped to 0..255",
+                        "zero": "-60.0 dB or below; all-zero segments",
+                        "255": "the image's maximum"},
+    }
+    fmin = image_meta(params(fmin_hz=5.0), FS, L)  # bins 6..40: 5.859375 Hz .. 39.0625 Hz
+    assert fmin["frequency_hz"]["bottom_row"] == 5.859375
+    assert fmin["stft"]["frequency_bins"] == 35
+
+
+IMAGE_KEYS = {"window": "hann", "nperseg": 32, "noverlap": 29, "nfft": 256, "fmin_hz": 0.0,
+              "fmax_hz": 40.0, "dynamic_range_db": 60.0, "image_size": 224}
+
+
+def test_recorded_params_grey_without_channel_keys_multires_as_json():
+    assert params().image_params().recorded() == IMAGE_KEYS  # meta.json of grey: unchanged
+    multires = ImageParams(**IMAGE_KEYS, image="multires")
+    assert multires.recorded() == {**IMAGE_KEYS, "image": "multires",
+                                   "multires_nperseg": [16, 32, 64]}  # a JSON list
+
+
+def test_for_label_mode_takes_the_windows_stft_for_fixed_windows():
+    p = params()
+    assert p.for_label_mode("beat") is p
+    for mode in ("rhythm", "record"):
+        fixed = p.for_label_mode(mode)
+        assert (fixed.nperseg, fixed.noverlap, fixed.nfft) == (64, 53, 256)
+        assert fixed.model_dump(exclude={"nperseg", "noverlap", "nfft"}) == p.model_dump(
+            exclude={"nperseg", "noverlap", "nfft"})
 
 
 # ------------------------------------------------------------------------------ run()
