@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from data_prep.beats import morphology, rhythm
+from data_prep.beats import context, morphology, rhythm
 from data_prep.layout import load_shard, read_index
 from data_prep.records import signals, wfdb_io
 from pipeline import predict
@@ -24,6 +24,7 @@ from pipeline.runtime import bundle as bundle_format
 from pipeline.runtime import load_bundle, onnx_runner
 from pipeline.runtime import predict as runtime
 from tests.helpers import REPO
+from tests.odd_records import spoil_date
 from tests.synthetic import ecg_like, regular_beats, write_record, write_records_file
 
 PROBS = [f"prob_{c}" for c in ("N", "S", "V", "F", "Q")]
@@ -55,9 +56,10 @@ def test_predict_record_equals_the_stage_images(bundle, built):
     assert set(edge["status"]) <= {"record_edge"} and edge[PROBS].isna().all().all()
 
 
-def _linear_graph(path: Path, w_image: np.ndarray, w_rr: np.ndarray, bias: np.ndarray) -> None:
-    """Writes an ONNX network with a bundle's inputs and outputs: logits = flattened images @
-    w_image + rr @ w_rr + bias (float32), probs = softmax(logits)."""
+def _linear_graph(path: Path, w_image: np.ndarray, w_rr: np.ndarray, bias: np.ndarray,
+                  image: tuple[int, ...] = (32, 32)) -> None:
+    """Writes an ONNX network with a bundle's inputs and outputs: logits = flattened images
+    (of shape `image`) @ w_image + rr @ w_rr + bias (float32), probs = softmax(logits)."""
     weights = [numpy_helper.from_array(a.astype(np.float32), name)
                for name, a in (("w_image", w_image), ("w_rr", w_rr), ("bias", bias))]
     images, rr = bundle_format.INPUT_NAME, bundle_format.RR_NAME
@@ -70,7 +72,7 @@ def _linear_graph(path: Path, w_image: np.ndarray, w_rr: np.ndarray, bias: np.nd
              helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
     graph = helper.make_graph(
         nodes, "linear",
-        [helper.make_tensor_value_info(images, TensorProto.UINT8, ["batch", 32, 32]),
+        [helper.make_tensor_value_info(images, TensorProto.UINT8, ["batch", *image]),
          helper.make_tensor_value_info(rr, TensorProto.FLOAT, ["batch", w_rr.shape[0]])],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", w_rr.shape[1]])
          for name in bundle_format.OUTPUT_NAMES], weights)
@@ -133,6 +135,115 @@ def test_predict_feeds_the_network_the_stage_rows(bundle, built, tmp_path, monke
     np.testing.assert_allclose(ok[kept][PROBS].to_numpy(), expected, atol=1e-5)
 
 
+def _spy_network(monkeypatch) -> list[tuple[np.ndarray, np.ndarray]]:
+    """What predict feeds the network: (images, rhythm features) of each call."""
+    fed = []
+
+    def spy(session, images, rr, n_classes, batch_size=onnx_runner.BATCH_SIZE):
+        fed.append((images.copy(), rr.copy()))
+        return onnx_runner.run_probs(session, images, rr, n_classes, batch_size)
+
+    monkeypatch.setattr(runtime, "run_probs", spy)
+    return fed
+
+
+def _window_bundle(bundle, path: Path, features: list[str]):
+    """The bundle as a record-mode one (10 s windows every 5 s) whose network is a fixed linear
+    one on the images and the window rhythm `features` (none: images only)."""
+    segment = bundle.segment.model_copy(update={"label_mode": "record", "window_s": 10.0,
+                                                "window_stride_s": 5.0,
+                                                "reference_csv": "REFERENCE.csv"})
+    model = {k: v for k, v in bundle.meta["model"].items() if k != "rr_input"}
+    if features:
+        model["rr_input"] = {"features": features}
+    rng = np.random.default_rng(1)
+    _linear_graph(path, rng.normal(0, 1e-4, (32 * 32, 5)), rng.normal(0, 0.1, (len(features), 5)),
+                  np.zeros(5))
+    return dataclasses.replace(bundle, segment=segment, meta={**bundle.meta, "model": model},
+                               session=onnx_runner.onnx_session(path))
+
+
+def test_record_mode_windows_take_rhythm_from_given_or_detected_beats(bundle, tmp_path,
+                                                                     monkeypatch):
+    """Record and rhythm bundles classify fixed windows; their rhythm features are the window
+    statistics (`context.rhythm_rows`) of the beats given, else of the XQRS detector's (as the
+    segment stage in record mode), at the windows' starts."""
+    windows = _window_bundle(bundle, tmp_path / "w.onnx", list(rhythm.feature_names("record")))
+    fed = _spy_network(monkeypatch)
+    fs, n = 360, 360 * 40
+    beats = regular_beats(n, fs, rr_s=0.8)
+    x = ecg_like(n, fs, beats)
+    x[360 * 21:360 * 22] = np.nan  # detection runs on the NaN-filled lead
+    detected = windows.predict_signal(x, fs)
+    starts = np.arange(0, 250 * 30 + 1, 250 * 5)  # 10 s windows every 5 s in 40 s at 250 Hz
+    assert detected["beat_source"].tolist() == ["window"] * len(starts)
+    assert detected["sample"].tolist() == signals.map_samples(starts, 250, fs).tolist()
+    found = wfdb_io.detect_qrs(signals.fill_nan(x)[0], fs)
+    assert abs(len(found) - len(beats)) <= 2
+    ok = (detected["status"] == "ok").to_numpy()
+    expected = context.rhythm_rows(windows.segment, found / fs, None, starts)
+    np.testing.assert_allclose(fed[0][1], expected[ok], rtol=1e-6)
+    given = regular_beats(n, fs, rr_s=0.5)  # not the signal's: the given ones count
+    windows.predict_signal(x, fs, given)
+    expected = context.rhythm_rows(windows.segment, given / fs, None, starts)
+    np.testing.assert_allclose(fed[1][1], expected[ok], rtol=1e-6)
+    assert not np.allclose(fed[0][1], fed[1][1])
+    write_record(tmp_path, "rec", fs=fs, seconds=40.0, beats=given, signal=x[:, None],
+                 sig_names=("MLII",))  # a record's annotations are not read in record mode
+    table = windows.predict_record(tmp_path / "rec")
+    assert table["beat_source"].tolist() == ["window"] * len(starts)
+    np.testing.assert_allclose(fed[2][1], fed[0][1], rtol=1e-6)
+
+
+def test_record_mode_without_rhythm_features_and_the_per_record_answer(bundle, tmp_path):
+    """A record bundle on images only needs no beats; its per-record answer is the mean of
+    the classified windows' probabilities (flat windows left out), and their argmax."""
+    windows = _window_bundle(bundle, tmp_path / "w.onnx", [])
+    fs, n = 250, 250 * 40
+    x = ecg_like(n, fs, regular_beats(n, fs))
+    x[250 * 28:] = 0.3  # lead off: the last windows are flat
+    table = windows.predict_signal(x, fs, record="r")
+    ok = table[table["status"] == "ok"]
+    assert 0 < len(ok) < len(table) and set(table["status"]) == {"ok", "flat"}
+    records = windows.per_record(pd.concat([table, table.assign(record="s")]))
+    assert records["record"].tolist() == ["r", "s"]
+    assert records["n_windows"].tolist() == [len(ok)] * 2
+    np.testing.assert_allclose(records[PROBS].to_numpy()[0], ok[PROBS].to_numpy().mean(0),
+                               rtol=1e-6)
+    assert records["pred"].iat[0] == PROBS[int(ok[PROBS].to_numpy().mean(0).argmax())][5:]
+
+
+def test_two_lead_bundles_read_the_second_lead_the_record_has(bundle, tmp_path):
+    """two_lead images: the second lead is the first of segment.second_leads other than the
+    lead read (here V1, not MLII again), read as tolerantly as the first; its NaN stretch
+    leaves its windows out with the note "second lead". Without one, the first is duplicated."""
+    segment = bundle.segment.model_copy(update={"second_leads": ["MLII", "V1"],
+                                                "tolerant_headers": True})
+    image = bundle.spectrogram.model_copy(update={"image": "two_lead"})
+    _linear_graph(tmp_path / "two.onnx", np.zeros((3 * 32 * 32, 5)), np.zeros((17, 5)),
+                  np.zeros(5), image=(3, 32, 32))
+    two = dataclasses.replace(bundle, segment=segment, spectrogram=image,
+                              session=onnx_runner.onnx_session(tmp_path / "two.onnx"))
+    fs, n = 360, 360 * 30
+    beats = regular_beats(n, fs)
+    lead = ecg_like(n, fs, beats)
+    second = 0.5 * lead
+    second[fs * 10:fs * 12] = np.nan
+    write_record(tmp_path, "two", sig_names=("MLII", "V1"), beats=beats,
+                 signal=np.column_stack([lead, second]))
+    spoil_date(tmp_path / "two.hea")  # read only with segment.tolerant_headers
+    table = two.predict_record(tmp_path / "two")
+    assert set(table["lead"]) == {"MLII"}
+    hidden = table["time_s"].between(10.2, 11.8)
+    assert hidden.any() and (table.loc[hidden, "status"] == "nan_samples").all()
+    assert (table.loc[hidden, "note"] == "second lead").all()
+    middle = table["time_s"].between(4, 8)
+    assert (table.loc[middle, "status"] == "ok").all() and (table.loc[middle, "note"] == "").all()
+    write_record(tmp_path, "one", sig_names=("MLII",), beats=beats, signal=lead[:, None])
+    ok = _ok(two.predict_record(tmp_path / "one"))
+    assert len(ok) and (ok["note"] == "no second lead: first lead duplicated").all()
+
+
 def test_predict_signal_in_memory_equals_predict_record(bundle, built):
     x = wfdb_io.read_signal(built["raw"], "r3", 0)
     ann = wfdb_io.read_annotations(built["raw"], "r3", "atr")
@@ -176,7 +287,9 @@ def test_short_record_is_reported_not_classified(bundle, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         table = bundle.predict_record(tmp_path / "short")
     assert table["status"].tolist() == ["shorter_than_window"] and table["pred"].tolist() == [""]
-    assert "short" in caplog.text and "shorter_than_window" in caplog.text
+    note = "2.00 s of signal < one 2.5 s window"  # the bundle's beat windows: 1.25 + 1.25 s
+    assert table["note"].tolist() == [note]
+    assert f"record short not classified (shorter_than_window): {note}" in caplog.messages
 
 
 def test_nan_and_flat_segments_are_reported(bundle, caplog):
@@ -210,6 +323,43 @@ def test_predict_folder_reports_bad_records_and_goes_on(bundle, built, tmp_path)
     assert "ok" in status["a"] and status["b"] == {"record_error"}
     assert status["c"] == {"shorter_than_window"}
     assert "V1" in table.loc[table["record"] == "b", "note"].iat[0]
+
+
+def test_folder_runs_pass_annotator_and_lead_on_and_number_the_rows(bundle, tmp_path):
+    write_record(tmp_path, "a", seconds=20.0, sig_names=("V1", "V5"))
+    write_record(tmp_path, "b", seconds=20.0, sig_names=("V1", "V5"))
+    write_records_file(tmp_path, ["a", "b"])
+    table = bundle.predict_folder(tmp_path, annotator=None, lead="V5")
+    assert set(table["record"]) == {"a", "b"} and set(table["lead"]) == {"V5"}
+    assert (table["beat_source"] == "detector").all()  # annotations present but not asked for
+    assert table.index.tolist() == list(range(len(table)))
+
+
+def test_record_errors_name_the_record_and_say_what_to_do(bundle, tmp_path, caplog,
+                                                          monkeypatch):
+    write_record(tmp_path, "v", seconds=20.0, sig_names=("V1", "V5"))
+    for path in ("v", "v.hea", "v.dat"):
+        row = bundle.predict_record_or_error(tmp_path / path)
+        assert row["record"].tolist() == ["v"] and row["status"].tolist() == ["record_error"]
+        assert row["note"].tolist() == [
+            f"record {tmp_path / 'v'}: leads ['V1', 'V5'], none of ['MLII', 'II', 'ML2', 'ECG', "
+            "'ECG1'] that the bundle was trained on; pass lead=<name> (CLI --lead) to use "
+            "another lead knowingly"]
+    named = bundle.predict_record(tmp_path / "v.dat", lead="V1")  # the signal file's name
+    assert set(named["record"]) == {"v"} and (named["status"] == "ok").any()
+    table = bundle.predict_record_or_error(tmp_path / "v.hea", annotator=None, lead="V5")
+    assert set(table["lead"]) == {"V5"} and (table["beat_source"] == "detector").all()
+
+    def bug(*args, **kwargs):
+        raise KeyError("rr_pre")
+
+    monkeypatch.setattr(bundle, "predict_record", bug)
+    with caplog.at_level(logging.DEBUG, logger="pipeline.runtime"):
+        row = bundle.predict_record_or_error(tmp_path / "v.dat")
+    assert row["note"].tolist() == ["record v: unexpected KeyError: 'rr_pre'; re-run with "
+                                    "--debug for the traceback and report it"]
+    assert [r.levelno for r in caplog.records if r.getMessage() == "record v failed"] == [
+        logging.DEBUG]
 
 
 def test_a_folder_of_bundles_is_no_bundle_and_lists_them(built, tmp_path):

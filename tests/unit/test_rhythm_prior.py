@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from pipeline.training import fitting
 from pipeline.training.fusion import FusionHead
-from pipeline.training.rhythm_prior import RhythmDiscriminant, RhythmMix
+from pipeline.training.rhythm_prior import ABSENT, RhythmDiscriminant, RhythmMix
 
 
 def log_features(rr: np.ndarray) -> np.ndarray:
@@ -49,6 +51,25 @@ def test_two_classes_and_zero_valued_window_features_stay_finite():
     probs = disc(torch.from_numpy(rr)).exp().numpy()
     assert np.isfinite(probs).all()
     np.testing.assert_allclose(probs[:, [0, 2]], lda.predict_proba(log_features(rr)), atol=1e-4)
+    # scikit-learn's one function is class 2's log-odds against class 0, whose score is 0
+    np.testing.assert_allclose(disc.coef.numpy()[[0, 2]], [np.zeros(4), lda.coef_[0]], rtol=3e-7)
+    np.testing.assert_allclose(disc.intercept.numpy()[[0, 2]], [0.0, lda.intercept_[0]],
+                               rtol=3e-7)
+
+
+def test_discriminant_is_fitted_silently_in_float64_on_float32_features():
+    """train hands over float32 rhythm features (`rhythm_matrix`); the logs are fitted in
+    float64, so the buffers are scikit-learn's float64 fit rounded to float32 (a float32 fit of
+    these nearly collinear logs is off by 1e-6 and more), with equal priors that sum to 1:
+    scikit-learn warns about nothing."""
+    rr, targets = _beats(400, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        disc = RhythmDiscriminant(rr.shape[1], 4).fit(rr, targets)
+    lda = LinearDiscriminantAnalysis(priors=[1 / 3] * 3).fit(log_features(rr), targets)
+    np.testing.assert_allclose(disc.coef.numpy()[[0, 2, 3]], lda.coef_, rtol=3e-7)
+    np.testing.assert_allclose(disc.intercept.numpy()[[0, 2, 3]], lda.intercept_, rtol=3e-7)
+    assert disc.coef[1].abs().sum().item() == 0 and disc.intercept[1].item() == ABSENT
 
 
 def test_one_class_is_refused_with_the_fix():
@@ -70,8 +91,9 @@ def test_mix_is_the_normalised_geometric_mean_of_head_and_discriminant():
         p_head, p_disc = head(image, rhythm).softmax(1), disc(rhythm).exp()
     expected = p_head ** 0.75 * p_disc ** 0.25
     torch.testing.assert_close(got, expected / expected.sum(1, keepdim=True))
-    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
-        RhythmMix(head, disc, 1.0)
+    for weight in (0.0, 1.0):  # 0 is the head alone: no mix is built for it
+        with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+            RhythmMix(head, disc, weight)
 
 
 @pytest.mark.parametrize(("rr_features", "mixed"), [(["rr_pre", "rr_post"], True), ([], False)])
